@@ -1,0 +1,59 @@
+# Two commands on a fresh machine: `make demo` (set up, then a quick search) and
+# `make test` (set up, then unit tests and every notebook under nbval).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# A matching torch + torchvision pair; override for another platform, e.g.
+#   make TORCH_PAIR="torch==2.9.1 torchvision==0.24.1" test
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test unit notebooks lab bench clean graphviz run-notebooks
+
+setup: $(STAMP) graphviz
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PAIR)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+# The graphviz Python package only writes DOT text; drawings need the system `dot`.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
+	      echo "graphviz: could not install the 'dot' binary; drawings will be skipped (install graphviz with your OS package manager)"; \
+	  else \
+	    echo "graphviz: no 'dot' binary; install it (apt-get install graphviz, brew install graphviz, conda install graphviz) to see cell drawings"; \
+	  fi; }
+
+demo: setup
+	$(VENV)/bin/nas-tutorial train PC_DARTS --preset quick --out runs/demo
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+notebooks: setup
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+test: setup
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
+
+# Re-execute every notebook on the quick preset (how they are committed), dropping the
+# saved widget state (anywidget stores plotly.js in it: megabytes per notebook).
+run-notebooks: setup
+	cd notebooks && for nb in *.ipynb; do NAS_TUTORIAL_PRESET=quick ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
+	$(PY) -c "import glob, nbformat; [nbformat.write(nb, p) for p in sorted(glob.glob('notebooks/*.ipynb')) for nb in [nbformat.read(p, 4)] if nb.metadata.pop('widgets', None) is not None or True]"

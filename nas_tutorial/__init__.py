@@ -1,0 +1,32 @@
+"""nas-tutorial: neural architecture search you can run, read and change.
+
+``import nas_tutorial as nt`` gives the shared core: the op registry, genotypes, the
+evaluation network, data on the device, the training loop and presets. The methods live in
+their own modules (``nt.pc_darts``, ``nt.spos``, ``nt.pnas``); drawings and plots in
+``nt.viz``. Importing does nothing else: no downloads, no device moves, no seeding.
+"""
+from . import data
+from .config import PRESETS, Preset, TrainConfig, get_preset
+from .flops import count_flops
+from .genotypes import GENOTYPES, Genotype, GenotypeError
+from .network import NetworkCIFAR, count_params
+from .ops import DARTS_OPS, OPS, PNAS_OPS
+from .training import History, evaluate, train, train_genotype
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "data", "PRESETS", "Preset", "TrainConfig", "get_preset", "count_flops", "GENOTYPES",
+    "Genotype", "GenotypeError", "NetworkCIFAR", "count_params", "DARTS_OPS", "OPS",
+    "PNAS_OPS", "History", "evaluate", "train", "train_genotype",
+]
+
+
+def __getattr__(name):
+    # Method modules and viz load on first use, so `import nas_tutorial` stays light and
+    # plotly/graphviz stay out of the training path.
+    import importlib
+
+    if name in ("viz", "pc_darts", "spos", "pnas", "cli", "runs"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'nas_tutorial' has no attribute '{name}'")

@@ -1,0 +1,196 @@
+"""The ``nas-tutorial`` command: inspect and train genotypes, run the searches.
+
+The only place with argparse. Bad input ends with exit code 2 and one line saying what was
+wrong and what is allowed; an interrupted search resumes with ``--resume DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump), exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(kind=int):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+        return value
+    return parse
+
+
+def _nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    from .data import DATASETS
+
+    p = _Parser(prog="nas-tutorial",
+                                description="Neural architecture search you can run and read.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
+    info.add_argument("genotype", help="a published genotype name or a genotype JSON file")
+    info.add_argument("--channels", type=_positive(), default=36, help="initial channels C")
+    info.add_argument("--layers", type=_positive(), default=20, help="number of cells")
+    info.add_argument("--auxiliary", action="store_true", help="build the auxiliary head")
+    info.add_argument("--num-classes", type=_positive(), default=10)
+    info.add_argument("--image-size", type=_positive(), default=32)
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+
+    train = sub.add_parser("train", help="train a genotype's network briefly")
+    train.add_argument("genotype", help="a published genotype name or a genotype JSON file")
+    train.add_argument("--preset", choices=list(PRESETS), default=None)
+    train.add_argument("--epochs", type=_positive(), default=None)
+    train.add_argument("--seed", type=_nonneg_int, default=0)
+    train.add_argument("--out", default=None, help="folder for the curves and the drawing")
+
+    search = sub.add_parser("search", help="run a search: pc-darts, darts, spos or pnas")
+    methods = search.add_subparsers(dest="method", required=True, metavar="METHOD")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--preset", choices=list(PRESETS), default=None)
+    common.add_argument("--seed", type=_nonneg_int, default=0)
+    common.add_argument("--out", default=None, help="run folder (default runs/METHOD-...)")
+    common.add_argument("--resume", default=None, metavar="DIR",
+                        help="continue an interrupted run from its folder")
+    for name in ("pc-darts", "darts"):
+        m = methods.add_parser(name, parents=[common], help=f"{name} differentiable search")
+        m.add_argument("--k", type=_positive(), default=None, help="partial-channel 1/K")
+        m.add_argument("--no-edge-norm", action="store_true", help="turn edge normalization off")
+        m.add_argument("--unrolled", action="store_true", help="second-order architecture step")
+        m.add_argument("--epochs", type=_positive(), default=None)
+        m.add_argument("--dataset", choices=DATASETS, default=None)
+    spos = methods.add_parser("spos", parents=[common], help="single-path one-shot search")
+    spos.add_argument("--flops-limit", type=_positive(float), default=None, metavar="M",
+                      help="FLOPs budget in millions of multiply-adds")
+    spos.add_argument("--params-limit", type=_positive(float), default=None, metavar="M",
+                      help="parameter budget in millions")
+    spos.add_argument("--population", type=_positive(), default=None)
+    spos.add_argument("--generations", type=_positive(), default=None)
+    pnas = methods.add_parser("pnas", parents=[common], help="progressive cell search")
+    pnas.add_argument("--blocks", type=_positive(), default=None, help="blocks per cell B")
+    pnas.add_argument("--beam", type=_positive(), default=None, help="children kept per level K")
+    pnas.add_argument("--predictor", choices=("lstm", "mlp-ensemble"), default=None)
+    return p
+
+
+def _info(args) -> int:
+    from .flops import count_flops
+    from .genotypes import resolve
+    from .network import NetworkCIFAR, count_params
+
+    genotype = resolve(args.genotype)
+    if args.channels % 2:
+        raise CLIError(f"--channels must be even (factorized reduce halves it), got {args.channels}")
+    model = NetworkCIFAR(genotype, args.channels, args.num_classes, args.layers,
+                         auxiliary=args.auxiliary)
+    params = count_params(model)
+    params_aux = count_params(model, include_auxiliary=True)
+    flops = count_flops(model, (3, args.image_size, args.image_size))
+    if args.json:
+        print(json.dumps({"params": params, "params_auxiliary": params_aux, "flops": flops}))
+    else:
+        print(f"genotype: {genotype}")
+        print(f"network:  C={args.channels}, {args.layers} cells, "
+              f"{args.num_classes} classes, {args.image_size}x{args.image_size} input")
+        print(f"params:   {params:,} ({params / 1e6:.2f}M)"
+              + (f"; with auxiliary head {params_aux:,}" if args.auxiliary else ""))
+        print(f"FLOPs:    {flops:,} multiply-adds ({flops / 1e6:.0f}M)")
+    return 0
+
+
+def _train(args) -> int:
+    from .config import get_preset
+    from .genotypes import resolve
+    from .training import train_genotype
+    from .viz import draw_genotype, plot_history, save_html, save_svg
+
+    genotype = resolve(args.genotype)
+    preset = get_preset(args.preset)
+    model, history = train_genotype(genotype, preset, epochs=args.epochs, seed=args.seed)
+    out = Path(args.out or f"runs/train-{preset.name}-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "genotype.json").write_text(genotype.to_json(indent=1) + "\n")
+    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
+    svg = save_svg(draw_genotype(genotype), out / "cell.svg")
+    html = save_html(plot_history(history, f"{args.genotype} on {preset.dataset}"),
+                     out / "curves.html")
+    print(f"genotype: {genotype}")
+    print(f"test accuracy after {len(history.epoch)} epochs: {history.valid_acc[-1]:.4f}")
+    print(f"drawing: {svg or 'skipped (no dot)'}")
+    print(f"curves:  {html}")
+    return 0
+
+
+def _search(args) -> int:
+    common = dict(preset=args.preset, seed=args.seed, out=args.out, resume=args.resume)
+    if args.method in ("pc-darts", "darts"):
+        from . import pc_darts
+
+        result = pc_darts.cli_search(method=args.method, k=args.k,
+                                     edge_norm=False if args.no_edge_norm else None,
+                                     unrolled=args.unrolled, epochs=args.epochs,
+                                     dataset=args.dataset, **common)
+    elif args.method == "spos":
+        from . import spos
+
+        result = spos.cli_search(flops_limit=args.flops_limit, params_limit=args.params_limit,
+                                 population=args.population, generations=args.generations,
+                                 **common)
+    else:
+        from . import pnas
+
+        result = pnas.cli_search(blocks=args.blocks, beam=args.beam, predictor=args.predictor,
+                                 **common)
+    print(f"found:   {result['result']}")
+    for label, path in result.get("files", {}).items():
+        print(f"{label + ':':<9}{path if path is not None else 'skipped (no dot)'}")
+    print(f"run folder: {result['run_dir']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .data import DatasetUnavailable
+    from .genotypes import GenotypeError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
+    handlers = {"info": _info, "train": _train, "search": _search}
+    try:
+        return handlers[args.command](args)
+    except (CLIError, GenotypeError, DatasetUnavailable, ValueError, FileNotFoundError) as e:
+        print(f"nas-tutorial: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nas-tutorial: interrupted; a search continues with --resume RUN_FOLDER",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

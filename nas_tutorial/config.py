@@ -1,0 +1,80 @@
+"""Run settings as frozen dataclasses, with two named presets.
+
+``quick`` runs on a laptop CPU in minutes on the offline ``digits`` set; ``full`` is the
+papers' setting on CIFAR-10 for a GPU. ``get_preset()`` picks ``full`` when CUDA is present
+and ``quick`` otherwise; ``NAS_TUTORIAL_PRESET`` overrides the choice. Method-specific
+configs (search settings) live in the method's module and follow the same pattern.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training a network from scratch (DARTS Sec. A.2 / official ``train.py`` defaults)."""
+
+    epochs: int = 600              # DARTS/PC-DARTS CIFAR-10 evaluation: 600 epochs
+    batch_size: int = 96           # images per step (DARTS: 96)
+    lr: float = 0.025              # initial SGD learning rate, cosine-annealed
+    lr_min: float = 0.0            # cosine floor
+    momentum: float = 0.9
+    weight_decay: float = 3e-4     # L2 on every weight (DARTS)
+    grad_clip: float = 5.0         # max global gradient norm
+    auxiliary_weight: float = 0.4  # weight of the auxiliary-head loss (NASNet/DARTS)
+    drop_path: float = 0.2         # final drop-path probability, ramped linearly (DARTS 0.2)
+    cutout: int = 16               # cutout square side in pixels; 0 = off
+    label_smoothing: float = 0.0   # 0 for CIFAR (SPOS uses 0.1 on ImageNet)
+    seed: int = 0                  # fixes init, batches and augmentation (on CPU exactly)
+    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True     # NHWC on CUDA (ignored on CPU)
+    steps_per_epoch: int | None = None  # cap on steps per epoch (None = the whole set)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a notebook or the CLI needs to run something sensible on this machine."""
+
+    name: str
+    dataset: str                   # one of nas_tutorial.data.DATASETS
+    image_size: int | None         # resize offline data to this side (None = native)
+    channels: int                  # C of the evaluation network
+    layers: int                    # cells in the evaluation network
+    auxiliary: bool                # auxiliary head in evaluation networks
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS = {
+    # Minutes on 2 CPU cores: 16x16 digits, a 5-cell C=8 network, a few epochs.
+    "quick": Preset(
+        name="quick", dataset="digits", image_size=16, channels=8, layers=5, auxiliary=False,
+        train=TrainConfig(epochs=3, batch_size=64, lr=0.05, drop_path=0.0, cutout=0,
+                          grad_clip=5.0),
+    ),
+    # DARTS/PC-DARTS evaluation on CIFAR-10 (Sec. 4.2): C=36, 20 cells, auxiliary,
+    # cutout 16, drop-path 0.2, 600 epochs at batch 96.
+    "full": Preset(
+        name="full", dataset="cifar10", image_size=None, channels=36, layers=20, auxiliary=True,
+        train=TrainConfig(),
+    ),
+}
+
+
+def get_preset(name: str | None = None) -> Preset:
+    """``name``, else ``$NAS_TUTORIAL_PRESET``, else ``full`` on CUDA and ``quick`` on CPU."""
+    name = name or os.environ.get("NAS_TUTORIAL_PRESET") or (
+        "full" if torch.cuda.is_available() else "quick")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_name(name: str | None = None) -> str:
+    """The preset name ``get_preset`` would choose, for method configs with own presets."""
+    return get_preset(name).name
+
+
+__all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name", "replace"]

@@ -1,0 +1,252 @@
+"""Datasets that live on the device, and a loader that augments there.
+
+Small image sets fit in device memory as uint8 (CIFAR-10: 150 MB), so the fastest loader is
+no loader: index a resident tensor, crop/flip/cutout/normalize with tensor ops on the same
+device, and never touch the host inside an epoch (the data-loader stall that SPOS's
+official code suffered from, see ``performance.md``). Augmentation is the DARTS one
+(random crop with 4-pixel padding at 32x32, horizontal flip, optional cutout).
+
+Datasets: ``cifar10``, ``cifar100``, ``fashion_mnist`` through torchvision (downloaded into
+``data/``); ``digits``, scikit-learn's bundled 8x8 handwritten digits (1,797 real images,
+offline), upscaled; ``synthetic``, random class-dependent tensors of any shape.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
+OFFLINE = ("digits", "synthetic")
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset could not be loaded (no network, no files); the message names the offline
+    choices."""
+
+
+def default_root() -> Path:
+    """``data/`` of the repository (or ``$NAS_TUTORIAL_DATA``)."""
+    env = os.environ.get("NAS_TUTORIAL_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def resolve_device(device="auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images ``(N, C, H, W)`` uint8 and labels ``(N,)`` int64, on one device."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple  # per channel, on the 0..1 scale
+    std: tuple
+    flip: bool = True  # horizontal flip is a valid augmentation (not for digits)
+
+    def __len__(self) -> int:
+        return self.images.size(0)
+
+    @property
+    def shape(self) -> tuple:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def to(self, device) -> "ImageDataset":
+        device = resolve_device(device)
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def subset(self, index) -> "ImageDataset":
+        return replace(self, images=self.images[index], labels=self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"ImageDataset({self.name}: {len(self)} images of {self.shape}, "
+                f"{self.num_classes} classes, on {self.images.device})")
+
+
+# -- loading ----------------------------------------------------------------------------
+_TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "fashion_mnist": "FashionMNIST"}
+_STATS = {  # per-channel mean/std of the training sets (DARTS utils.py for CIFAR)
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+}
+
+
+def _load_torchvision(name, train, root, download, timeout_s=30.0):
+    import torchvision
+
+    cls = getattr(torchvision.datasets, _TORCHVISION[name])
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # a blocked network must fail, not hang
+    try:
+        ds = cls(root=str(root), train=train, download=download)
+    except Exception as e:  # no network, refused, corrupt archive, missing files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        where = "data/" if Path(root).resolve() == default_root().resolve() else root
+        raise DatasetUnavailable(
+            f"could not load {name} into {where} ({reason}); offline choices: "
+            f"{', '.join(OFFLINE)}") from None
+    finally:
+        socket.setdefaulttimeout(old)
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+    mean, std = _STATS[name]
+    return ImageDataset(name, images.contiguous(), labels, len(ds.classes), mean, std)
+
+
+def _load_digits(train, size, test_fraction=1 / 6):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    labels = torch.tensor(d.target, dtype=torch.long)
+    # A fixed split, independent of any run seed, so every run tests on the same images.
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = int(len(labels) * test_fraction)
+    index = perm[n_test:] if train else perm[:n_test]
+    # Mean/std over all images: cheap and stable for a 1.8k-image set.
+    m, s = float(x.mean()), float(x.std())
+    return ImageDataset("digits", images[index], labels[index], 10, (m,), (s,), flip=False)
+
+
+def synthetic(n: int = 512, shape=(3, 32, 32), num_classes: int = 10, seed: int = 0,
+              name: str = "synthetic") -> ImageDataset:
+    """Random images whose class shifts a fixed low-frequency pattern: learnable, so loss
+    curves move, yet only the shapes matter for benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+    C, H, W = shape
+    templates = torch.rand(num_classes, C, 4, 4, generator=g)
+    templates = F.interpolate(templates, size=(H, W), mode="bilinear", align_corners=False)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    noise = torch.rand(n, C, H, W, generator=g)
+    images = ((0.6 * templates[labels] + 0.4 * noise) * 255).round().to(torch.uint8)
+    return ImageDataset(name, images, labels, num_classes, (0.5,) * C, (0.25,) * C, flip=True)
+
+
+def load(name: str, train: bool = True, root=None, size: int | None = None,
+         download: bool = True, device="cpu", n: int | None = None) -> ImageDataset:
+    """Load a dataset by name onto ``device``.
+
+    ``size`` resizes ``digits`` (default 16 px) and sets the side of ``synthetic`` images
+    (default 32); ``n`` is the number of synthetic images. Raises :class:`DatasetUnavailable`
+    with a one-line reason when a torchvision dataset cannot be downloaded.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    root = Path(root) if root is not None else default_root()
+    if name in _TORCHVISION:
+        ds = _load_torchvision(name, train, root, download)
+    elif name == "digits":
+        ds = _load_digits(train, size or 16)
+    else:
+        side = size or 32
+        ds = synthetic(n or (2048 if train else 512), (3, side, side), seed=0 if train else 1)
+    return ds.to(device)
+
+
+def split(ds: ImageDataset, fraction: float = 0.5, seed: int = 0):
+    """Two disjoint halves for bilevel search (DARTS Sec. 2.3: weights on one, alphas on
+    the other); ``fraction`` goes to the first. Fixed by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds), generator=g).to(ds.images.device)
+    k = int(len(ds) * fraction)
+    return ds.subset(perm[:k]), ds.subset(perm[k:])
+
+
+# -- the device-resident loader -----------------------------------------------------------
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int, flip: bool,
+            cutout: int = 0) -> torch.Tensor:
+    """Random crop (zero padding ``pad``), horizontal flip and cutout on a uint8 batch,
+    all as tensor ops on ``x``'s device."""
+    B, C, H, W = x.shape
+    dev = x.device
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (B,), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (B,), device=dev, generator=generator)
+        rows = (oy[:, None] + torch.arange(H, device=dev))[:, None, :, None]  # (B,1,H,1)
+        cols = (ox[:, None] + torch.arange(W, device=dev))[:, None, None, :]  # (B,1,1,W)
+        xp = xp.gather(2, rows.expand(B, C, H, W + 2 * pad))
+        x = xp.gather(3, cols.expand(B, C, H, W))
+    if flip:
+        mask = torch.rand(B, device=dev, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if cutout > 0:  # DeVries & Taylor 2017: one square of side `cutout`, centre anywhere
+        cy = torch.randint(0, H, (B, 1, 1), device=dev, generator=generator)
+        cx = torch.randint(0, W, (B, 1, 1), device=dev, generator=generator)
+        ys = torch.arange(H, device=dev)[None, :, None]
+        xs = torch.arange(W, device=dev)[None, None, :]
+        hole = ((ys >= cy - cutout // 2) & (ys < cy + (cutout + 1) // 2)
+                & (xs >= cx - cutout // 2) & (xs < cx + (cutout + 1) // 2))
+        x = x.masked_fill(hole[:, None], 0)
+    return x
+
+
+class DeviceLoader:
+    """Batches from a device-resident :class:`ImageDataset`.
+
+    Each ``iter()`` is one epoch: a fresh permutation (from the loader's own generator, so
+    the same seed gives the same batches), then per batch an index, augmentation and
+    normalization on the device. ``len()`` is the number of batches; with ``drop_last``
+    every batch has exactly ``batch_size`` images (static shapes suit CUDA graphs).
+    """
+
+    def __init__(self, ds: ImageDataset, batch_size: int, train: bool = True, seed: int = 0,
+                 cutout: int = 0, drop_last: bool | None = None, channels_last: bool = False,
+                 pad: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.ds = ds
+        self.batch_size = min(batch_size, len(ds))
+        self.train = train
+        self.cutout = cutout
+        self.drop_last = train if drop_last is None else drop_last
+        self.channels_last = channels_last
+        self.pad = pad if pad is not None else max(1, ds.shape[-1] // 8)  # 4 px at 32x32
+        dev = ds.images.device
+        self.generator = torch.Generator(device=dev)
+        self.generator.manual_seed(seed)
+        self._mean = torch.tensor(ds.mean, device=dev).view(1, -1, 1, 1)
+        self._std = torch.tensor(ds.std, device=dev).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        n, b = len(self.ds), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float().div_(255.0) - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self):
+        n, dev = len(self.ds), self.ds.images.device
+        order = (torch.randperm(n, device=dev, generator=self.generator) if self.train
+                 else torch.arange(n, device=dev))
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            x = self.ds.images[idx]
+            if self.train:
+                x = augment(x, self.generator, self.pad, self.ds.flip, self.cutout)
+            yield self.normalize(x), self.ds.labels[idx]

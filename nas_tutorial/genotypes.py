@@ -1,0 +1,206 @@
+"""Architectures as plain data: one ``Genotype`` for DARTS/PC-DARTS and PNAS cells.
+
+The encoding is DARTS's (official ``genotypes.py``): a cell is a flat tuple of
+``(op_name, input_index)`` pairs, two per intermediate node (PNAS: per block); node ``i``
+is the sum of its two pairs. Inputs 0 and 1 are the outputs of the cells k-2 and k-1; input
+``2 + j`` is node ``j`` of the same cell. The cell output concatenates the nodes listed in
+``*_concat``. PNAS (Sec. 3.1) uses one cell for both roles, so its genotypes have
+``reduce == normal``.
+
+Published genotypes: DARTS (ICLR 2019) Fig. 4-5 / official code; PC-DARTS (ICLR 2020)
+official code; PNASNet-5 (ECCV 2018) Fig. 1, read from the TensorFlow model definition.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ops import OPS
+
+
+class GenotypeError(ValueError):
+    """A genotype that cannot describe a cell; the message says what is wrong."""
+
+
+Pair = tuple  # (op_name: str, input_index: int)
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """Normal and reduction cell, each a tuple of (op, input) pairs, two per node."""
+
+    normal: tuple
+    normal_concat: tuple
+    reduce: tuple
+    reduce_concat: tuple
+
+    def __post_init__(self):
+        # Accept lists (from JSON or a widget) but store tuples, so genotypes hash and compare.
+        for field in ("normal", "reduce"):
+            pairs = tuple((str(op), int(i)) for op, i in getattr(self, field))
+            object.__setattr__(self, field, pairs)
+        for field in ("normal_concat", "reduce_concat"):
+            object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
+        self.validate()
+
+    # -- structure -----------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Number of intermediate nodes (blocks) in the normal cell."""
+        return len(self.normal) // 2
+
+    def nodes(self, cell: str = "normal") -> list:
+        """The cell as a list of nodes, each ``((op, input), (op, input))``."""
+        pairs = getattr(self, cell)
+        return [(pairs[2 * i], pairs[2 * i + 1]) for i in range(len(pairs) // 2)]
+
+    def validate(self, ops=None) -> None:
+        allowed = set(ops if ops is not None else OPS) - {"none"}
+        for cell in ("normal", "reduce"):
+            pairs, concat = getattr(self, cell), getattr(self, cell + "_concat")
+            if not pairs or len(pairs) % 2:
+                raise GenotypeError(f"{cell} cell needs an even, non-zero number of (op, input) "
+                                    f"pairs (two per node), got {len(pairs)}")
+            for k, (op, inp) in enumerate(pairs):
+                node = k // 2
+                if op not in allowed:
+                    raise GenotypeError(f"{cell} node {node}: unknown op '{op}'; allowed: "
+                                        f"{', '.join(sorted(allowed))}")
+                if not 0 <= inp < 2 + node:
+                    raise GenotypeError(f"{cell} node {node}: input {inp} is out of range; a "
+                                        f"node may read 0..{1 + node} (two cell inputs and "
+                                        f"earlier nodes)")
+            n_states = 2 + len(pairs) // 2
+            if not concat:
+                raise GenotypeError(f"{cell}_concat is empty: the cell needs an output")
+            bad = [i for i in concat if not 2 <= i < n_states]
+            if bad:
+                raise GenotypeError(f"{cell}_concat {bad} out of range; allowed nodes are "
+                                    f"2..{n_states - 1}")
+
+    # -- serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "normal": [list(p) for p in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [list(p) for p in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    def to_json(self, path=None, indent=None) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Genotype":
+        if not isinstance(d, dict):
+            raise GenotypeError("a genotype must be a JSON object with keys normal, "
+                                "normal_concat, reduce, reduce_concat")
+        if "genotype" in d and isinstance(d["genotype"], dict):  # a run summary
+            d = d["genotype"]
+        missing = [k for k in ("normal", "normal_concat") if k not in d]
+        if missing:
+            raise GenotypeError(f"genotype is missing {', '.join(missing)}")
+        try:
+            return cls(normal=d["normal"], normal_concat=d["normal_concat"],
+                       reduce=d.get("reduce", d["normal"]),
+                       reduce_concat=d.get("reduce_concat", d["normal_concat"]))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, GenotypeError):
+                raise
+            raise GenotypeError(f"malformed genotype: each pair must be [op_name, input_index] "
+                                f"({e})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Genotype":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path) -> "Genotype":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise GenotypeError(f"cannot read genotype file {path}: {e.strerror}") from None
+        return cls.from_json(text)
+
+    @classmethod
+    def from_cell(cls, pairs, concat=None) -> "Genotype":
+        """A PNAS-style genotype: the same cell for normal and reduction."""
+        pairs = tuple(pairs)
+        concat = tuple(concat) if concat is not None else tuple(range(2, 2 + len(pairs) // 2))
+        return cls(pairs, concat, pairs, concat)
+
+    # -- display -------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return (f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+    def _repr_svg_(self):
+        # A notebook shows the cell drawing; without graphviz (or its `dot`) fall back to text.
+        try:
+            from .viz import draw_genotype
+            return draw_genotype(self).pipe(format="svg").decode()
+        except Exception:
+            return None
+
+
+def resolve(name_or_path) -> Genotype:
+    """A published genotype by name (``PC_DARTS``) or a JSON file path."""
+    if isinstance(name_or_path, Genotype):
+        return name_or_path
+    key = str(name_or_path)
+    if key.upper() in GENOTYPES:
+        return GENOTYPES[key.upper()]
+    if Path(key).suffix == ".json" or Path(key).exists():
+        return Genotype.load(key)
+    raise GenotypeError(f"unknown genotype '{key}': use one of {', '.join(GENOTYPES)} "
+                        f"or a path to a genotype JSON file")
+
+
+DARTS_V1 = Genotype(
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS_V2 = Genotype(
+    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+PC_DARTS = Genotype(
+    normal=[("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
+            ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# PNASNet-5 (PNAS Fig. 1): 0 = H_{c-2}, 1 = H_{c-1}, 2+ = earlier blocks; all 5 blocks
+# are concatenated, and the same cell is used for reduction.
+PNASNET_5 = Genotype.from_cell([
+    ("sep_conv_5x5", 0), ("max_pool_3x3", 0),
+    ("sep_conv_7x7", 1), ("max_pool_3x3", 1),
+    ("sep_conv_5x5", 1), ("sep_conv_3x3", 1),
+    ("sep_conv_3x3", 4), ("max_pool_3x3", 1),
+    ("sep_conv_3x3", 0), ("identity", 1),
+])
+
+GENOTYPES = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "PC_DARTS": PC_DARTS,
+             "PNASNET_5": PNASNET_5}

@@ -1,0 +1,192 @@
+"""Training and evaluation loops shared by every method.
+
+SGD with momentum and a cosine learning-rate schedule, gradient clipping, the auxiliary
+loss and the drop-path ramp, as in DARTS's ``train.py`` (Sec. A.2). Fast by design: data
+from a :class:`~nas_tutorial.data.DeviceLoader`, bf16 autocast and channels_last on CUDA,
+and no host sync inside an epoch (losses and accuracies accumulate on the device and are
+read once per epoch).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import DeviceLoader, ImageDataset, resolve_device
+
+
+@dataclass
+class History:
+    """Per-epoch curves of one training run; plots read this."""
+
+    epoch: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    train_acc: list = field(default_factory=list)
+    valid_loss: list = field(default_factory=list)
+    valid_acc: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)  # wall time of the epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def __repr__(self) -> str:
+        if not self.epoch:
+            return "History(empty)"
+        return (f"History({len(self.epoch)} epochs, last train acc {self.train_acc[-1]:.3f}, "
+                f"valid acc {self.valid_acc[-1] if self.valid_acc else float('nan'):.3f})")
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (BN stays fp32 under autocast); a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _logits(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, device="auto", batch_size: int = 512,
+             amp: bool = True) -> tuple:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (a dataset or loader)."""
+    device = resolve_device(device)
+    loader = data if isinstance(data, DeviceLoader) else DeviceLoader(
+        data.to(device), batch_size, train=False)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        with autocast(device, amp):
+            logits = _logits(model(x))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        n += y.numel()
+    model.train(was_training)
+    return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
+
+
+def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
+          device="auto", progress: bool = True, callback=None) -> History:
+    """Train ``model`` on ``data`` (an :class:`ImageDataset`, or a ``(train, valid)`` pair).
+
+    ``callback(history)`` runs after every epoch (a live plot, a checkpoint). Returns the
+    :class:`History`. The model is left on ``device`` in eval mode.
+    """
+    config = config or TrainConfig()
+    if isinstance(data, tuple):
+        data, valid = data
+    if not isinstance(data, ImageDataset):
+        raise TypeError("data must be an ImageDataset or a (train, valid) pair of them")
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(config.seed)
+    channels_last = cuda and config.channels_last
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = DeviceLoader(data.to(device), config.batch_size, train=True, seed=config.seed,
+                          cutout=config.cutout, channels_last=channels_last)
+    valid_loader = (DeviceLoader(valid.to(device), 512, train=False,
+                                 channels_last=channels_last) if valid is not None else None)
+    steps = len(loader) if config.steps_per_epoch is None else min(len(loader),
+                                                                  config.steps_per_epoch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs,
+                                                           eta_min=config.lr_min)
+    history = History()
+    bar = _progress(config.epochs * steps, "train", progress)
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = config.drop_path * epoch / config.epochs
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for step, (x, y) in enumerate(loader):
+            if step == steps:
+                break
+            with autocast(device, config.amp):
+                out = model(x)
+                logits = _logits(out)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                if isinstance(out, tuple):
+                    loss = loss + config.auxiliary_weight * F.cross_entropy(
+                        out[1], y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            loss_sum += loss.detach().float() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            bar.update(1)
+        history.epoch.append(epoch + 1)
+        history.lr.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+        history.train_loss.append(loss_sum.item() / max(seen, 1))
+        history.train_acc.append(correct.item() / max(seen, 1))
+        if valid_loader is not None:
+            vl, va = evaluate(model, valid_loader, device, amp=config.amp)
+            history.valid_loss.append(vl)
+            history.valid_acc.append(va)
+        history.seconds.append(time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}",
+                        acc=f"{(history.valid_acc or history.train_acc)[-1]:.3f}")
+        if callback is not None:
+            callback(history)
+    bar.close()
+    model.eval()
+    return history
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=True)
+
+
+def train_genotype(genotype, preset=None, epochs: int | None = None, device="auto",
+                   progress: bool = True, callback=None, seed: int | None = None):
+    """Build the evaluation network of ``genotype`` for ``preset`` and train it briefly.
+
+    Returns ``(model, history)``; the history has train and test curves.
+    """
+    from dataclasses import replace
+
+    from .config import get_preset
+    from .data import load
+    from .genotypes import resolve
+    from .network import NetworkCIFAR
+
+    preset = preset if not isinstance(preset, (str, type(None))) else get_preset(preset)
+    genotype = resolve(genotype)
+    cfg = preset.train
+    if epochs is not None:
+        cfg = replace(cfg, epochs=epochs)
+    if seed is not None:
+        cfg = replace(cfg, seed=seed)
+    device = resolve_device(device)
+    train_ds = load(preset.dataset, train=True, size=preset.image_size, device=device)
+    test_ds = load(preset.dataset, train=False, size=preset.image_size, device=device)
+    torch.manual_seed(cfg.seed)
+    model = NetworkCIFAR(genotype, preset.channels, train_ds.num_classes, preset.layers,
+                         auxiliary=preset.auxiliary, in_channels=train_ds.shape[0])
+    history = train(model, train_ds, cfg, valid=test_ds, device=device, progress=progress,
+                    callback=callback)
+    return model, history

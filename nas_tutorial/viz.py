@@ -1,0 +1,166 @@
+"""Drawings and figures: cells with graphviz, curves with plotly.
+
+Every function returns a figure (``plotly.graph_objects.Figure``/``FigureWidget``) or a
+``graphviz.Digraph`` and never writes a file or opens a viewer; ``save_svg``/``save_html``
+write when asked. plotly and graphviz are imported here only, so the algorithms and the
+training loop run without them (a GPU box may lack both).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+# One colour per op, shared by every drawing and legend (colour-blind-safe-ish palette).
+OP_COLORS = {
+    "none": "#bbbbbb",
+    "max_pool_3x3": "#4477aa", "avg_pool_3x3": "#66ccee",
+    "skip_connect": "#228833", "identity": "#228833",
+    "sep_conv_3x3": "#ee6677", "sep_conv_5x5": "#aa3377", "sep_conv_7x7": "#882255",
+    "dil_conv_3x3": "#ccbb44", "dil_conv_5x5": "#cc8800",
+    "conv_7x1_1x7": "#7f3c8d",
+}
+
+
+def has_dot() -> bool:
+    """True when the system graphviz ``dot`` binary is on PATH (drawings need it)."""
+    return shutil.which("dot") is not None
+
+
+def _digraph(name, size=None):
+    import graphviz
+
+    g = graphviz.Digraph(name, format="svg")
+    g.attr(rankdir="LR", fontname="Helvetica", bgcolor="transparent")
+    if size:
+        g.attr(size=size)
+    g.attr("node", style="filled,rounded", shape="box", fontname="Helvetica", fontsize="12",
+           height="0.35")
+    g.attr("edge", fontname="Helvetica", fontsize="10", penwidth="1.6")
+    return g
+
+
+def _add_cell(g, pairs, concat, prefix="", title=None, weights=None):
+    """Add one cell's nodes and edges to ``g`` (a graph or a subgraph)."""
+    steps = len(pairs) // 2
+    label = {0: "c_{k-2}", 1: "c_{k-1}"}
+    g.node(prefix + "in0", label[0], fillcolor="#d9ead3")
+    g.node(prefix + "in1", label[1], fillcolor="#d9ead3")
+    for i in range(steps):
+        g.node(prefix + f"n{i}", str(i), fillcolor="#dde5f0", shape="circle", width="0.35")
+    g.node(prefix + "out", "c_{k}", fillcolor="#fce5cd")
+    for k, (op, inp) in enumerate(pairs):
+        src = prefix + (f"in{inp}" if inp < 2 else f"n{inp - 2}")
+        attrs = {"label": op, "color": OP_COLORS.get(op, "#555555"),
+                 "fontcolor": OP_COLORS.get(op, "#555555")}
+        if weights is not None:
+            attrs["penwidth"] = f"{0.6 + 3 * float(weights[k]):.2f}"
+            attrs["label"] = f"{op} {float(weights[k]):.2f}"
+        g.edge(src, prefix + f"n{k // 2}", **attrs)
+    for i in concat:
+        g.edge(prefix + f"n{i - 2}", prefix + "out", color="#999999", style="dashed",
+               arrowsize="0.6")
+    if title:
+        g.attr(label=title, labelloc="t", fontsize="14")
+
+
+def draw_cell(genotype, cell: str = "normal", title: str | None = None, size: str | None = None):
+    """A ``graphviz.Digraph`` of one cell: inputs left, nodes middle, output right, each edge
+    labelled and coloured by its op."""
+    if cell not in ("normal", "reduce"):
+        raise ValueError("cell must be 'normal' or 'reduce'")
+    g = _digraph(cell, size)
+    _add_cell(g, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
+              title=title if title is not None else f"{cell} cell")
+    return g
+
+
+def draw_genotype(genotype, title: str | None = None, size: str | None = None):
+    """Both cells side by side (one cell when normal == reduce, as in PNAS)."""
+    g = _digraph("genotype", size)
+    same = genotype.normal == genotype.reduce and genotype.normal_concat == genotype.reduce_concat
+    cells = ["normal"] if same else ["normal", "reduce"]
+    for cell in cells:
+        with g.subgraph(name=f"cluster_{cell}") as sub:
+            sub.attr(style="rounded", color="#cccccc")
+            _add_cell(sub, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
+                      prefix=cell[0] + "_",
+                      title="cell (normal = reduce)" if same else f"{cell} cell")
+    if title:
+        g.attr(label=title, labelloc="t")
+    return g
+
+
+def save_svg(graph, path) -> Path | None:
+    """Render a Digraph to ``path`` (.svg); returns None (and says why) without ``dot``."""
+    path = Path(path)
+    if not has_dot():
+        print(f"graphviz 'dot' not found: skipped {path.name} (install graphviz to draw cells)")
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(graph.pipe(format="svg"))
+    return path
+
+
+def save_html(fig, path) -> Path:
+    """Write a plotly figure as a self-contained HTML file (plotly.js inlined: offline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+# -- training curves ----------------------------------------------------------------------
+def plot_history(history, title: str = "training"):
+    """Loss and accuracy per epoch (train and, when present, validation)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    _fill_history(fig, history)
+    fig.update_layout(title=title, height=330, margin=dict(l=40, r=20, t=60, b=40))
+    fig.update_xaxes(title_text="epoch")
+    return fig
+
+
+def _fill_history(fig, history):
+    import plotly.graph_objects as go
+
+    series = [("train loss", history.train_loss, 1), ("valid loss", history.valid_loss, 1),
+              ("train acc", history.train_acc, 2), ("valid acc", history.valid_acc, 2)]
+    if not fig.data:
+        for name, ys, col in series:
+            fig.add_trace(go.Scatter(x=list(history.epoch[:len(ys)]), y=list(ys), name=name,
+                                     mode="lines+markers"), row=1, col=col)
+    else:
+        for trace, (name, ys, col) in zip(fig.data, series):
+            trace.x, trace.y = list(history.epoch[:len(ys)]), list(ys)
+
+
+class LivePlot:
+    """A plotly ``FigureWidget`` of the training curves that updates after every epoch:
+    pass ``live.update`` as the ``callback`` of :func:`nas_tutorial.train`.
+
+    Falls back to a static figure drawn at the end when widgets are not available.
+    """
+
+    def __init__(self, title: str = "training (live)"):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        base = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+        base.update_layout(title=title, height=330, margin=dict(l=40, r=20, t=60, b=40))
+        base.update_xaxes(title_text="epoch")
+        try:
+            self.fig = go.FigureWidget(base)
+        except Exception:  # no anywidget/ipywidgets: a plain figure, shown on demand
+            self.fig = base
+
+    def update(self, history) -> None:
+        _fill_history(self.fig, history)
+
+    __call__ = update
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.fig)

@@ -1,0 +1,61 @@
+"""The shared training loop: it learns, it is repeatable, it keeps a history."""
+from dataclasses import replace
+
+import torch
+
+import nas_tutorial as nt
+
+TINY = nt.TrainConfig(epochs=2, batch_size=32, lr=0.05, drop_path=0.1, cutout=0,
+                      steps_per_epoch=6, seed=3)
+
+
+def _tiny_model():
+    return nt.NetworkCIFAR(nt.GENOTYPES["DARTS_V2"], 4, 10, 3, in_channels=1)
+
+
+def test_train_records_history_and_learns_digits():
+    train, test = nt.data.load("digits"), nt.data.load("digits", train=False)
+    model = _tiny_model()
+    _, acc_before = nt.evaluate(model, test)
+    history = nt.train(model, (train, test), replace(TINY, epochs=3, steps_per_epoch=None),
+                       progress=False)
+    assert history.epoch == [1, 2, 3] and len(history.valid_acc) == 3
+    assert history.lr[0] > history.lr[-1]  # cosine schedule
+    assert history.valid_acc[-1] > max(0.5, acc_before + 0.2)
+
+
+def test_same_seed_same_run_on_cpu():
+    data = nt.data.load("digits")
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = _tiny_model()
+        h = nt.train(model, data, TINY, progress=False)
+        runs.append((h.train_loss, model.classifier.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_callback_runs_every_epoch_and_auxiliary_loss_is_used():
+    data = nt.data.synthetic(96, (3, 32, 32))
+    model = nt.NetworkCIFAR(nt.GENOTYPES["PC_DARTS"], 4, 10, 3, auxiliary=True)
+    seen = []
+    nt.train(model, data, replace(TINY, auxiliary_weight=0.4), progress=False,
+             callback=lambda h: seen.append(len(h.epoch)))
+    assert seen == [1, 2]
+    assert model.auxiliary_head.classifier.weight.grad is not None
+
+
+def test_drop_path_is_ramped_per_epoch():
+    data = nt.data.load("digits")
+    model = _tiny_model()
+    probs = []
+    nt.train(model, data, replace(TINY, epochs=3, drop_path=0.3), progress=False,
+             callback=lambda h: probs.append(model.drop_path_prob))
+    assert [round(p, 6) for p in probs] == [0.0, 0.1, 0.2]
+
+
+def test_presets():
+    assert nt.get_preset("quick").dataset == "digits"
+    full = nt.get_preset("full")
+    assert (full.channels, full.layers, full.train.epochs, full.train.batch_size) == (36, 20, 600, 96)
