@@ -1,0 +1,628 @@
+"""PNAS: progressive cell search guided by a learned accuracy predictor.
+
+Liu et al., "Progressive Neural Architecture Search", ECCV 2018 (arXiv 1712.00559); the
+section numbers are the arXiv version's as we recall them (check):
+
+- Sec. 3.1, the cell space: a cell has B blocks; a block picks two inputs (the two previous
+  cells' outputs or earlier blocks) and two ops from ``PNAS_OPS`` and adds the results; the
+  output concatenates all blocks; one cell serves as normal and reduction cell. Cells are
+  plain tuples of ``(op, input)`` pairs, two per block, so ``Genotype.from_cell(cell)``,
+  the evaluation network, the drawings and JSON come from the foundation.
+- Sec. 4.1, Algorithm 1 (SMBO): train all one-block cells; for b = 2..B expand every kept
+  cell by one block, rank all children with the surrogate, train the top K, refit the
+  surrogate on everything trained so far.
+- Sec. 4.2, the surrogates: an LSTM reading the tokens (I1, I2, O1, O2) of each block and an
+  ensemble of 5 MLPs over the mean of the block embeddings; embedding and hidden size 100,
+  sigmoid output, L1 loss, Adam. The learning rates, the number of fitting steps and the
+  4/5 subsample per ensemble member are ours (check against the paper).
+- Sec. 5.2-5.3, Spearman rank correlation of honest predictions per level, and the
+  efficiency comparison with random search at the same number of trained models, in
+  miniature.
+
+Canonical form (what "the same cell" means here): inside a block the two (input, op) pairs
+are unordered, so the pair with the smaller ``(input, op)`` comes first; blocks are put in
+a topological order that takes, among the blocks whose inputs are placed, the one with the
+smallest structural signature (the block's pairs with earlier blocks spelled out
+recursively), and inputs are renumbered. Two cells that differ only in block order thus get
+one key; the only merge this misses is when two blocks are structurally identical (then
+two equivalent forms may remain, never a wrong merge).
+
+Left out: the paper's child training details we could not read (20 epochs, N=2, F=24 are
+used for ``full``; optimizer settings are ours), the 1,160-model budget (set by B and K),
+the ImageNet transfer, and distributed training. Children train concurrently on one device
+instead (threads, one CUDA stream per worker). Resume replays the search from the cache of
+trained children (checkpointed after every batch of ``workers`` children): every other
+step is seeded, so the replay takes the same decisions (exactly so on a CPU).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig, preset_name
+from .data import load, resolve_device, split
+from .genotypes import Genotype
+from .network import NetworkCIFAR
+from .ops import OPS, PNAS_OPS
+from .training import evaluate, train
+
+MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
+PREDICTORS = ("lstm", "mlp-ensemble")
+
+
+# -- configuration ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PNASConfig:
+    """One PNAS search: the space, the beam, the surrogate and how children are trained."""
+
+    blocks: int = 5                  # B, blocks per cell (Sec. 3.1: B = 5)
+    beam: int = 256                  # K, children trained per level (Sec. 5.1: K = 256)
+    predictor: str = "lstm"          # surrogate that ranks children: lstm | mlp-ensemble
+    ops: tuple = PNAS_OPS            # op subset (Sec. 3.1: the 8 PNAS ops)
+    seed: int = 0                    # fixes children inits, batches, surrogates, random baseline
+    # Child networks (Sec. 5.1: N = 2 cells per stage, F = 24 filters, 20 epochs (check))
+    dataset: str = "cifar10"         # nas_tutorial.data name
+    image_size: int | None = None    # resize offline data (None = native)
+    valid_fraction: float = 0.1      # held out of the training set; its accuracy is the target
+    channels: int = 24               # F, initial cell channels
+    cells_per_stage: int = 2         # N; the network has 3N + 2 cells (2 reductions)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=20, batch_size=128, lr=0.025, drop_path=0.0, cutout=0))  # optimizer: ours
+    workers: int = 4                 # children trained at once on one device (threads)
+    # Surrogates (Sec. 4.2)
+    embed: int = 100                 # token embedding size D
+    hidden: int = 100                # LSTM hidden size / MLP hidden units (2 layers)
+    ensemble: int = 5                # MLPs in the ensemble
+    fit_steps: int = 300             # full-batch Adam steps per fit (ours)
+    fit_lr: float = 0.005            # Adam learning rate (ours)
+    compare_predictors: bool = True  # also fit the other predictor, for the side-by-side plot
+    random_baseline: bool = True     # train as many random B-block cells for comparison
+
+    def __post_init__(self):
+        object.__setattr__(self, "ops", tuple(self.ops))
+        if not self.ops:
+            raise ValueError("ops must name at least one op")
+        bad = [op for op in self.ops if op not in OPS or op == "none"]
+        if bad:
+            allowed = ", ".join(op for op in OPS if op != "none")
+            raise ValueError(f"unknown op {bad[0]!r} in ops; allowed: {allowed}")
+        if len(set(self.ops)) != len(self.ops):
+            raise ValueError(f"ops has duplicates: {list(self.ops)}")
+        if not 1 <= self.blocks <= MAX_BLOCKS:
+            raise ValueError(f"blocks (B) must be between 1 and {MAX_BLOCKS} (the PNAS space, "
+                             f"Sec. 3.1), got {self.blocks}")
+        if self.beam < 1:
+            raise ValueError(f"beam (K) must be at least 1, got {self.beam}")
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"unknown predictor {self.predictor!r}; choose one of "
+                             f"{', '.join(PREDICTORS)}")
+        if self.workers < 1 or self.ensemble < 1 or self.fit_steps < 1:
+            raise ValueError("workers, ensemble and fit_steps must be at least 1")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+
+    @property
+    def layers(self) -> int:
+        return 3 * self.cells_per_stage + 2
+
+
+PNAS_PRESETS = {
+    # About a minute on 2 CPU cores: 2 ops (10 one-block cells), B = 3, K = 4, so 18
+    # PNAS children and 18 random ones; two-cell networks (N = 0: the two reduction cells)
+    # on 8x8 digits, 2 epochs at batch 32 (about a second per child). Batch 32 and lr 0.05
+    # because the accuracy of the children must rank cells, not only be high: measured on
+    # the 10 one-block cells, two seeds agree with Spearman 0.96 here and 0.66 at batch 64,
+    # lr 0.1.
+    "quick": PNASConfig(
+        blocks=3, beam=4, ops=("sep_conv_3x3", "max_pool_3x3"), dataset="digits",
+        image_size=8, valid_fraction=0.2, channels=8, cells_per_stage=0,
+        train=TrainConfig(epochs=2, batch_size=32, lr=0.05, drop_path=0.0, cutout=0),
+        # 50 fit steps: on ~20 cells longer fits overfit (a sweep on one quick run: the
+        # final LSTM ranks the random cells at Spearman ~0.5 after 50 steps, ~0 after 300).
+        workers=2, fit_steps=50, fit_lr=0.01),
+    # The paper's search on CIFAR-10 (K = 256, B = 5, N = 2, F = 24, 20 epochs per child).
+    "full": PNASConfig(),
+}
+
+
+def get_config(preset: str | None = None, **overrides) -> PNASConfig:
+    """The preset's config (``nt.get_preset`` picks the name) with non-None overrides."""
+    config = PNAS_PRESETS[preset_name(preset)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - set(PNASConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown PNAS setting(s): {', '.join(sorted(unknown))}")
+    return replace(config, **overrides)
+
+
+# -- the cell space (Sec. 3.1) -------------------------------------------------------------
+def _blocks_of(cell) -> list:
+    return [tuple(cell[2 * i:2 * i + 2]) for i in range(len(cell) // 2)]
+
+
+def canonical(cell) -> tuple:
+    """The canonical form of a cell (flat ``(op, input)`` pairs); see the module docstring."""
+    blocks = [tuple((str(op), int(i)) for op, i in b) for b in _blocks_of(cell)]
+    sigs = []
+    for block in blocks:  # inputs only point back, so earlier signatures exist
+        parts = sorted(f"{op}({sigs[i - 2] if i >= 2 else i})" for op, i in block)
+        sigs.append("+".join(parts))
+    order, placed = [], set()
+    while len(order) < len(blocks):
+        ready = [j for j in range(len(blocks)) if j not in placed
+                 and all(i < 2 or i - 2 in placed for _, i in blocks[j])]
+        j = min(ready, key=lambda j: (sigs[j], j))
+        order.append(j)
+        placed.add(j)
+    new_index = {old: 2 + k for k, old in enumerate(order)}
+    out = []
+    for j in order:
+        pairs = [(op, i if i < 2 else new_index[i - 2]) for op, i in blocks[j]]
+        out.extend(sorted(pairs, key=lambda p: (p[1], p[0])))
+    return tuple(out)
+
+
+def cell_key(cell) -> str:
+    """A short string naming a canonical cell: ``op:in+op:in | ...`` per block."""
+    return " | ".join(f"{a[0]}:{a[1]}+{b[0]}:{b[1]}" for a, b in _blocks_of(cell))
+
+
+def _new_blocks(ops, n_inputs) -> list:
+    """All blocks over ``n_inputs`` inputs: unordered pairs of (op, input), repeats allowed."""
+    options = [(op, i) for i in range(n_inputs) for op in ops]
+    return list(itertools.combinations_with_replacement(options, 2))
+
+
+def one_block_cells(ops=PNAS_OPS) -> list:
+    """All one-block cells: C(2|O|, 2) + 2|O| of them (136 for the 8 PNAS ops)."""
+    return _dedupe(canonical(block) for block in _new_blocks(ops, 2))
+
+
+def expand(cell, ops=PNAS_OPS) -> list:
+    """All cells with one more block than ``cell``, canonical and without duplicates."""
+    b = len(cell) // 2
+    return _dedupe(canonical(tuple(cell) + block) for block in _new_blocks(ops, b + 2))
+
+
+def expand_all(cells, ops=PNAS_OPS) -> list:
+    """The children of every cell in ``cells``; a child reachable from two parents once."""
+    return _dedupe(child for cell in cells for child in expand(cell, ops))
+
+
+def _dedupe(cells) -> list:
+    seen, out = set(), []
+    for c in cells:
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def space_size(b: int, n_ops: int = len(PNAS_OPS)) -> int:
+    """Cells with ``b`` blocks counted as sequences of unordered blocks (before removing
+    block-order duplicates): the product over blocks of C(n, 2) + n, n = (2 + i)|O|."""
+    total = 1
+    for i in range(b):
+        n = (2 + i) * n_ops
+        total *= n * (n + 1) // 2
+    return total
+
+
+def random_cells(n: int, blocks: int, ops=PNAS_OPS, seed: int = 0) -> list:
+    """``n`` distinct random cells of ``blocks`` blocks, each block drawn uniformly."""
+    rng = np.random.default_rng(seed)
+    pools = [_new_blocks(ops, 2 + i) for i in range(blocks)]
+    limit = min(n, space_size(blocks, len(ops)))
+    out, seen = [], set()
+    for _ in range(100 * max(n, 1)):
+        if len(out) == limit:
+            break
+        cell = canonical(sum((pool[rng.integers(len(pool))] for pool in pools), ()))
+        if cell not in seen:
+            seen.add(cell)
+            out.append(cell)
+    return out
+
+
+@contextmanager
+def _cpu_threads(n: int):
+    """PyTorch intra-op threads for this thread, restored afterwards. Tiny models only pay
+    synchronisation for more threads (badly so on a busy machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- surrogates (Sec. 4.2) -----------------------------------------------------------------
+def encode(cells, ops) -> tuple:
+    """Token tensors for the surrogates: ``(inputs, op_ids, lengths)``.
+
+    ``inputs`` and ``op_ids`` are ``(N, MAX_BLOCKS, 2)`` (zero-padded), ``lengths`` ``(N,)``
+    the number of blocks of each cell.
+    """
+    op_index = {op: k for k, op in enumerate(ops)}
+    n = len(cells)
+    inputs = np.zeros((n, 2 * MAX_BLOCKS), dtype=np.int64)
+    op_ids = np.zeros((n, 2 * MAX_BLOCKS), dtype=np.int64)
+    for r, cell in enumerate(cells):  # numpy rows: a full-preset level has ~400k children
+        inputs[r, :len(cell)] = [i for _, i in cell]
+        op_ids[r, :len(cell)] = [op_index[op] for op, _ in cell]
+    lengths = torch.tensor([len(c) // 2 for c in cells], dtype=torch.long)
+    inputs = torch.from_numpy(inputs).view(n, MAX_BLOCKS, 2)
+    op_ids = torch.from_numpy(op_ids).view(n, MAX_BLOCKS, 2)
+    return inputs, op_ids, lengths
+
+
+class _Embed(nn.Module):
+    """One embedding shared by both inputs of a block, another by both ops (Sec. 4.2)."""
+
+    def __init__(self, n_ops, embed):
+        super().__init__()
+        self.inputs = nn.Embedding(MAX_BLOCKS + 1, embed)
+        self.ops = nn.Embedding(n_ops, embed)
+
+    def forward(self, inputs, op_ids):  # (N, Bmax, 2) each -> (N, Bmax, 4, D): I1 I2 O1 O2
+        return torch.cat([self.inputs(inputs), self.ops(op_ids)], dim=2)
+
+
+class LSTMPredictor(nn.Module):
+    """LSTM over the 4b tokens of a cell; the last hidden state -> linear -> sigmoid."""
+
+    def __init__(self, n_ops, embed=100, hidden=100):
+        super().__init__()
+        self.embed = _Embed(n_ops, embed)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, inputs, op_ids, lengths):
+        x = self.embed(inputs, op_ids).flatten(1, 2)          # (N, 4*Bmax, D)
+        out, _ = self.lstm(x)                                  # (N, 4*Bmax, H)
+        # The LSTM is causal: padding after a cell's last token cannot change its state.
+        last = out[torch.arange(out.size(0)), 4 * lengths - 1]  # (N, H)
+        return torch.sigmoid(self.head(last)).squeeze(1)
+
+
+class MLPPredictor(nn.Module):
+    """Mean over blocks of the concatenated 4 token embeddings, then a 2-layer MLP."""
+
+    def __init__(self, n_ops, embed=100, hidden=100):
+        super().__init__()
+        self.embed = _Embed(n_ops, embed)
+        self.mlp = nn.Sequential(nn.Linear(4 * embed, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, inputs, op_ids, lengths):
+        x = self.embed(inputs, op_ids).flatten(2)              # (N, Bmax, 4D)
+        mask = (torch.arange(MAX_BLOCKS)[None] < lengths[:, None]).float()  # (N, Bmax)
+        pooled = (x * mask[..., None]).sum(1) / lengths[:, None].float()   # (N, 4D)
+        return torch.sigmoid(self.mlp(pooled)).squeeze(1)
+
+
+class Surrogate:
+    """A fitted accuracy predictor: ``fit(cells, accuracies)``, then ``predict(cells)``.
+
+    ``kind`` is ``lstm`` (one LSTM) or ``mlp-ensemble`` (``ensemble`` MLPs, each fitted on
+    its own random 4/5 of the data, predictions averaged). Runs on the CPU: the models are
+    tiny, and the CPU keeps a fit exactly reproducible.
+    """
+
+    def __init__(self, kind: str, ops, embed=100, hidden=100, ensemble=5, steps=300,
+                 lr=0.005, seed=0):
+        if kind not in PREDICTORS:
+            raise ValueError(f"unknown predictor {kind!r}; choose one of {', '.join(PREDICTORS)}")
+        self.kind, self.ops, self.steps, self.lr, self.seed = kind, tuple(ops), steps, lr, seed
+        self.models = []
+        n = 1 if kind == "lstm" else ensemble
+        for m in range(n):
+            torch.manual_seed(seed * 1000 + m)
+            cls = LSTMPredictor if kind == "lstm" else MLPPredictor
+            self.models.append(cls(len(self.ops), embed, hidden))
+
+    @classmethod
+    def from_config(cls, kind: str, config: PNASConfig, seed: int = 0) -> "Surrogate":
+        return cls(kind, config.ops, config.embed, config.hidden, config.ensemble,
+                   config.fit_steps, config.fit_lr, seed)
+
+    def fit(self, cells, accuracies) -> "Surrogate":
+        with _cpu_threads(1 if len(cells) < 512 else torch.get_num_threads()):
+            return self._fit(cells, accuracies)
+
+    def _fit(self, cells, accuracies) -> "Surrogate":
+        tokens = encode(cells, self.ops)
+        y = torch.as_tensor(np.asarray(accuracies, dtype=np.float32))
+        g = torch.Generator().manual_seed(self.seed)
+        for model in self.models:
+            idx = torch.arange(len(y))
+            if len(self.models) > 1 and len(y) >= 5:  # ensemble diversity: 4/5 each
+                idx = torch.randperm(len(y), generator=g)[: max(1, 4 * len(y) // 5)]
+            opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+            model.train()
+            for _ in range(self.steps):
+                loss = F.l1_loss(model(*(t[idx] for t in tokens)), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            model.eval()
+        return self
+
+    @torch.no_grad()
+    def predict(self, cells, batch_size: int = 8192) -> np.ndarray:
+        out = []
+        for s in range(0, len(cells), batch_size):
+            tokens = encode(cells[s:s + batch_size], self.ops)
+            out.append(torch.stack([m(*tokens) for m in self.models]).mean(0))
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def spearman(predicted, actual) -> float:
+    """Spearman's rank correlation (scipy); NaN when either side is constant or n < 2."""
+    from scipy.stats import spearmanr
+
+    if len(predicted) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(predicted, actual).statistic)
+
+
+# -- training children ---------------------------------------------------------------------
+def child_seed(cell, seed: int) -> int:
+    """A child's init and batch seed: fixed by the cell and the run seed, not by the order
+    of training, so a cached, resumed or concurrent run gets the same accuracy."""
+    return (zlib.crc32(cell_key(cell).encode()) + 1_000_003 * seed) % (2 ** 31)
+
+
+class ChildTrainer:
+    """Trains cells into validation accuracies (the SMBO target).
+
+    The data is loaded onto the device once, split into train and validation parts, and
+    shared by every child. ``workers`` children train at once in threads (PyTorch releases
+    the GIL inside ops), each on its own CUDA stream on a GPU. Models are built, seeded, in
+    the calling thread, so concurrency does not change any child's result. On a CPU each
+    child uses one intra-op thread: small networks gain nothing from more, ``workers``
+    children then keep ``workers`` cores busy, and results do not depend on ``workers``.
+    """
+
+    def __init__(self, config: PNASConfig, device="auto", workers: int | None = None):
+        self.config = config
+        self.device = resolve_device(device)
+        full = load(config.dataset, train=True, size=config.image_size, device=self.device)
+        self.train_set, self.valid_set = split(full, 1.0 - config.valid_fraction, seed=0)
+        self.workers = workers or config.workers
+        cuda = self.device.type == "cuda"
+        self._streams = ([torch.cuda.Stream(self.device) for _ in range(self.workers)]
+                         if cuda else None)
+
+    def build(self, cell) -> NetworkCIFAR:
+        torch.manual_seed(child_seed(cell, self.config.seed))
+        ds = self.train_set
+        return NetworkCIFAR(Genotype.from_cell(cell), self.config.channels, ds.num_classes,
+                            self.config.layers, in_channels=ds.shape[0])
+
+    def _train_one(self, model, seed, slot) -> float:
+        cfg = replace(self.config.train, seed=seed)
+        stream = torch.cuda.stream(self._streams[slot]) if self._streams else _cpu_threads(1)
+        with stream:
+            train(model, self.train_set, cfg, device=self.device, progress=False)
+            return evaluate(model, self.valid_set, self.device, amp=cfg.amp)[1]
+
+    def __call__(self, cells) -> list:
+        models = [self.build(c) for c in cells]
+        seeds = [child_seed(c, self.config.seed) for c in cells]
+        if self.workers == 1 or len(cells) == 1:
+            return [self._train_one(m, s, 0) for m, s in zip(models, seeds)]
+        if self._streams:
+            torch.cuda.synchronize(self.device)  # the shared data is ready for every stream
+        with ThreadPoolExecutor(self.workers) as pool:
+            futures = [pool.submit(self._train_one, m, s, k % self.workers)
+                       for k, (m, s) in enumerate(zip(models, seeds))]
+            return [f.result() for f in futures]
+
+
+# -- the progressive search (Sec. 4.1, Algorithm 1) -----------------------------------------
+@dataclass
+class SearchResult:
+    """Everything a search produced; plots and the CLI read this.
+
+    ``evaluated``: one record per evaluated cell, in order (``cell``, ``key``, ``blocks``,
+    ``accuracy``, ``source`` = pnas | random, ``predicted`` = {predictor: honest prediction}).
+    ``levels``: per b, the number of candidates, the beam keys and the Spearman values.
+    ``holdout``: Spearman of the final surrogates on the random cells (predicted before
+    they were trained; cells PNAS also trained are left out).
+    ``trained``: children actually trained by this call (cached ones excluded).
+    """
+
+    config: PNASConfig
+    evaluated: list = field(default_factory=list)
+    levels: list = field(default_factory=list)
+    holdout: dict = field(default_factory=dict)
+    trained: int = 0
+    seconds: float = 0.0
+
+    def records(self, source: str = "pnas") -> list:
+        return [r for r in self.evaluated if r["source"] == source]
+
+    @property
+    def best(self) -> dict:
+        return max(self.records("pnas"), key=lambda r: (r["blocks"] == self.config.blocks,
+                                                        r["accuracy"]))
+
+    @property
+    def best_genotype(self) -> Genotype:
+        """The best cell with B blocks (the search's answer), as a genotype."""
+        return Genotype.from_cell(self.best["cell"])
+
+    def best_so_far(self, source: str = "pnas") -> list:
+        return np.maximum.accumulate([r["accuracy"] for r in self.records(source)]).tolist()
+
+    def to_dict(self) -> dict:
+        return {"config": _config_dict(self.config), "evaluated": self.evaluated,
+                "levels": self.levels, "holdout": self.holdout, "trained": self.trained,
+                "seconds": self.seconds}
+
+    def __repr__(self) -> str:
+        if not self.evaluated:
+            return "SearchResult(empty)"
+        kind = self.config.predictor
+        rho = ", ".join(f"b={lv['blocks']}: {lv['spearman'].get(kind, float('nan')):.2f}"
+                        for lv in self.levels if lv["spearman"])
+        b = self.best
+        return (f"SearchResult({len(self.records())} PNAS models, best {b['accuracy']:.3f} "
+                f"[{b['key']}], Spearman {rho or 'n/a'})")
+
+
+def _config_dict(config: PNASConfig) -> dict:
+    d = asdict(config)
+    d["ops"] = list(config.ops)
+    return d
+
+
+def _write_json(path: Path, obj) -> None:
+    # Write then rename: an interrupt (Ctrl-C in a notebook) never leaves half a file.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(run_dir: Path, config: PNASConfig) -> dict:
+    path = run_dir / "checkpoint.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no PNAS checkpoint in {run_dir} (expected {path.name})")
+    state = json.loads(path.read_text())
+    if state["config"] != _config_dict(config):
+        raise ValueError(f"{run_dir} was made with other settings; resume it with the same "
+                         f"preset and flags, or start a new run folder")
+    return {k: float(v) for k, v in state["children"].items()}
+
+
+def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None = None,
+           run_dir=None, resume: bool = False, device="auto", progress: bool = True
+           ) -> SearchResult:
+    """Run PNAS (Algorithm 1) and, if ``config.random_baseline``, random search.
+
+    ``train_fn(cells) -> accuracies`` trains children (default: a :class:`ChildTrainer`);
+    tests pass a cheap fake. ``cache`` maps cell keys to accuracies and is filled in place:
+    a cell in it is never trained again (share it between calls with the same child
+    training settings). With ``run_dir`` the cache is checkpointed after every batch of
+    children; ``resume=True`` reloads it and replays the search, whose every other step
+    (surrogate fits, ranking) is seeded, so it reaches the same result.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or get_config()
+    if resume and run_dir is None:
+        raise ValueError("resume needs the run folder (run_dir) to resume from")
+    cache = {} if cache is None else cache
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        if resume:
+            cache.update(_load_checkpoint(run_dir, config))
+        run_dir.mkdir(parents=True, exist_ok=True)
+    train_fn = train_fn or ChildTrainer(config, device)
+    result = SearchResult(config)
+    t0 = time.perf_counter()
+    n_pnas = len(one_block_cells(config.ops)) + (config.blocks - 1) * config.beam
+    n_total = n_pnas * (2 if config.random_baseline else 1)
+    bar = tqdm(total=n_total, desc="PNAS children", disable=not progress, leave=True)
+
+    def run(cells, source, predicted=None):
+        todo = [c for c in cells if cell_key(c) not in cache]
+        for s in range(0, len(todo), config.workers):
+            chunk = todo[s:s + config.workers]
+            for c, acc in zip(chunk, train_fn(chunk)):
+                cache[cell_key(c)] = float(acc)
+            result.trained += len(chunk)
+            if run_dir is not None:
+                _write_json(run_dir / "checkpoint.json",
+                            {"config": _config_dict(config), "children": cache})
+            bar.update(len(chunk))
+        bar.update(len(cells) - len(todo))
+        for k, c in enumerate(cells):
+            pred = {name: float(p[k]) for name, p in (predicted or {}).items()}
+            result.evaluated.append({"cell": [list(p) for p in c], "key": cell_key(c),
+                                     "blocks": len(c) // 2, "accuracy": cache[cell_key(c)],
+                                     "source": source, "predicted": pred})
+
+    beam = one_block_cells(config.ops)
+    run(beam, "pnas")
+    result.levels.append({"blocks": 1, "candidates": len(beam),
+                          "beam": [cell_key(c) for c in beam], "spearman": {}})
+    kinds = PREDICTORS if config.compare_predictors else (config.predictor,)
+
+    def fit_predict(cells, seed):
+        seen = [(tuple(tuple(p) for p in r["cell"]), r["accuracy"]) for r in result.records()]
+        return {kind: Surrogate.from_config(kind, config, seed=seed)
+                .fit([c for c, _ in seen], [a for _, a in seen]).predict(cells)
+                for kind in kinds}
+
+    for b in range(2, config.blocks + 1):
+        children = expand_all(beam, config.ops)
+        bar.set_postfix_str(f"b={b}: ranking {len(children)} children")
+        preds = fit_predict(children, seed=config.seed * 100 + b)
+        order = np.argsort(-preds[config.predictor], kind="stable")[:config.beam]
+        beam = [children[i] for i in order]
+        run(beam, "pnas", {kind: p[order] for kind, p in preds.items()})
+        truth = [cache[cell_key(c)] for c in beam]
+        result.levels.append({"blocks": b, "candidates": len(children),
+                              "beam": [cell_key(c) for c in beam],
+                              "spearman": {kind: spearman(p[order], truth)
+                                           for kind, p in preds.items()}})
+    if config.random_baseline:
+        bar.set_postfix_str("random baseline")
+        cells = random_cells(len(result.records()), config.blocks, config.ops, config.seed)
+        # The final surrogate also predicts the random cells before they are trained: an
+        # honest check on a sample that, unlike the beam, covers the whole range.
+        preds = fit_predict(cells, seed=config.seed * 100 + config.blocks + 1)
+        run(cells, "random", preds)
+        fresh = [k for k, c in enumerate(cells)
+                 if cell_key(c) not in {r["key"] for r in result.records()}]
+        truth = [cache[cell_key(cells[k])] for k in fresh]
+        result.holdout = {kind: spearman(p[fresh], truth) for kind, p in preds.items()}
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# -- the command line ----------------------------------------------------------------------
+def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, out=None,
+               resume=None) -> dict:
+    """``nas-tutorial search pnas``: run, then write the best cell, all evaluated cells and
+    the figures into the run folder."""
+    from . import pnas_viz
+    from .viz import draw_genotype, save_html, save_svg
+
+    config = get_config(preset, blocks=blocks, beam=beam, predictor=predictor, seed=seed)
+    name = preset_name(preset)
+    run_dir = Path(resume or out or f"runs/pnas-{name}-seed{config.seed}")
+    result = search(config, run_dir=run_dir, resume=resume is not None)
+    best = result.best
+    result.best_genotype.to_json(run_dir / "best_cell.json", indent=1)
+    _write_json(run_dir / "cells.json", result.to_dict())
+    files = {
+        "best": run_dir / "best_cell.json",
+        "cells": run_dir / "cells.json",
+        "scatter": save_html(pnas_viz.plot_predictions(result), run_dir / "predictions.html"),
+        "curve": save_html(pnas_viz.plot_efficiency(result), run_dir / "pnas_vs_random.html"),
+        "beams": save_svg(pnas_viz.draw_beams(result), run_dir / "beams.svg"),
+        "drawing": save_svg(draw_genotype(result.best_genotype, title="best cell"),
+                            run_dir / "best_cell.svg"),
+    }
+    return {"run_dir": run_dir,
+            "result": f"{best['key']} (validation accuracy {best['accuracy']:.4f})",
+            "files": files}
