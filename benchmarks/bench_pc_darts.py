@@ -1,0 +1,171 @@
+"""Step time and peak memory of one search step: DARTS (K=1) vs PC-DARTS K=2/4/8.
+
+One step = a first-order architecture step on a validation batch + a weight step on a
+training batch (the official loop), on random CIFAR-shaped data at the same batch for every
+K. On CPU each configuration runs in its own process and its peak memory is the process's
+peak resident set (``VmHWM``, reset just before the steps) minus the resident set after
+building the network and the batch, so tensors (which tracemalloc cannot see) are counted.
+On CUDA: bf16 autocast, ``torch.cuda.max_memory_allocated``. Every run uses channels_last
+(a 10-15% faster step on CPU, measured).
+
+    python benchmarks/bench_pc_darts.py                   # CPU, batch 32, 2 threads
+    python benchmarks/bench_pc_darts.py --device cuda --batch 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ks", default="1,2,4,8", help="K values; K=1 runs without edge norm")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--C", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def _reset_peak_rss() -> int:
+    """Current resident set in KB, after resetting the kernel's peak (Linux >= 4.0), so the
+    peak that follows belongs to the search step, not to imports or model building."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmRSS")
+    except OSError:  # not Linux: the process peak so far is the baseline
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_rss() -> int:
+    try:
+        return _status_kb("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def measure(k: int, args) -> dict:
+    """Time and memory of ``args.steps`` search steps at one K, in this process."""
+    import torch
+    import torch.nn.functional as F
+
+    from nas_tutorial.data import resolve_device
+    from nas_tutorial.pc_darts import Architect, SearchNetwork, get_config
+    from nas_tutorial.training import autocast
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1,
+                     compile=args.compile)
+    model = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    forward = torch.compile(model) if args.compile and cuda else model
+    arch = Architect(model, cfg, device, forward=forward)
+    opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    x, xv = (torch.randn(shape, device=device).contiguous(memory_format=fmt) for _ in range(2))
+    y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
+    weights = model.weight_parameters()
+
+    def step():
+        arch.step(x, y, xv, yv, cfg.lr, opt)
+        with autocast(device, cfg.amp):
+            loss = F.cross_entropy(forward(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=weights)
+        torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+        opt.step()
+
+    base_kb = _reset_peak_rss()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    step()  # warm-up: allocator, kernels (and compilation)
+    times, cpu_times = [], []
+    for _ in range(args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    if cuda:
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak_mb = (_peak_rss() - base_kb) / 1024
+    return {"k": k, "edge_norm": k > 1, "batch": args.batch, "device": str(device),
+            "threads": args.threads, "step_s": statistics.median(times),
+            # CPU seconds of this process: on a shared machine, with 1 thread, the wall time
+            # the step would take on an idle core
+            "cpu_s": statistics.median(cpu_times),
+            "peak_mb": peak_mb,
+            "params": sum(p.numel() for p in model.weight_parameters())}
+
+
+def main(argv=None) -> list:
+    args = _parser().parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure(args.child, args)))
+        return []
+    import torch
+
+    ks = [int(k) for k in args.ks.split(",")]
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    rows = []
+    for k in ks:
+        if cuda:  # one process is fine: the peak counter resets per K
+            rows.append(measure(k, args))
+        else:
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            argv_child = [sys.executable, os.path.abspath(__file__), "--child", str(k),
+                          "--batch", str(args.batch), "--image-size", str(args.image_size),
+                          "--C", str(args.C), "--layers", str(args.layers),
+                          "--steps", str(args.steps), "--threads", str(args.threads),
+                          "--device", "cpu"]
+            out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  K={k}: {rows[-1]['step_s']:.2f} s/step, {rows[-1]['peak_mb']:.0f} MB",
+              flush=True)
+    ref = next((r for r in rows if r["k"] == 1), rows[0])
+    print(f"\none search step (arch + weights), batch {args.batch}, "
+          f"{args.image_size}x{args.image_size}x3, C={args.C}, {args.layers} cells, "
+          f"{rows[0]['device']}" + (f", {args.threads} threads" if not cuda else ", bf16"))
+    print(f"{'method':<10}{'K':>3}{'params':>10}{'step s':>9}{'cpu s':>8}{'x DARTS':>9}"
+          f"{'peak MB':>10}{'x DARTS':>9}")
+    for r in rows:
+        r["time_ratio"] = r["step_s"] / ref["step_s"]
+        r["memory_ratio"] = r["peak_mb"] / ref["peak_mb"]
+        name = "DARTS" if r["k"] == 1 else "PC-DARTS"
+        print(f"{name:<10}{r['k']:>3}{r['params']:>10,}{r['step_s']:>9.2f}{r['cpu_s']:>8.2f}"
+              f"{r['time_ratio']:>9.2f}{r['peak_mb']:>10.0f}{r['memory_ratio']:>9.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

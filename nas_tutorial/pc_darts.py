@@ -1,0 +1,710 @@
+"""PC-DARTS on top of DARTS: a differentiable search where K=1 without edge normalization
+*is* DARTS.
+
+DARTS (Liu, Simonyan, Yang, ICLR 2019): Sec. 2.2 continuous relaxation (Eq. 1-2, the mixed
+op is a softmax(alpha)-weighted sum of every candidate op), Sec. 2.3 bilevel optimization
+(Eq. 3-4: weights on one half of the training set, alphas on the other; first order, or the
+unrolled second order step with the finite-difference Hessian-vector product of Eq. 7-8),
+Sec. 2.4 derivation (per node the 2 strongest non-none edges). Official ``model_search.py``
+and ``architect.py``.
+
+PC-DARTS (Xu et al., ICLR 2020): Sec. 3.2 partial channel connections (1/K of the channels
+through the mixed op, the rest bypassed, then a channel shuffle), Sec. 3.3 edge
+normalization (one beta per edge, softmax over each node's incoming edges, which also
+ranks the edges at derivation), Sec. 4.2 search settings (warm-up of 15 weight-only
+epochs, batch 256, lr 0.1, arch lr 6e-4). Official ``model_search.py``.
+
+Exact rewrites of the official computation, for speed (performance.md):
+- the ``none`` op is skipped (its output is exactly zero);
+- the leading ReLU of the conv ops and of the factorized reduce is applied once per state
+  and shared by every edge and op reading it (ReLU is elementwise, so this is exact);
+- the channel shuffle and the beta weighting happen once per node, not once per edge:
+  shuffle is a fixed permutation, so sum_j b_j * shuffle(cat(mix_j, bypass_j)) =
+  shuffle(cat(sum_j b_j mix_j, sum_j b_j bypass_j)), and b_j folds into the 8 op weights;
+- the architecture step asks autograd for the gradients of alpha/beta only, the weight step
+  for the weights only; the second order step reuses the network in place (the official
+  code builds a new network every step); no host sync inside an epoch.
+
+Deviations, all deliberate: the ``quick`` preset is a scaled-down search (digits, 3 nodes,
+10x arch lr) for a CPU; every epoch also evaluates the architecture half (PC-DARTS only
+does it in the last epoch); the unrolled step restores the BN statistics its virtual step
+touched (the official code ran it on a throw-away copy of the network).
+
+Left out: the ImageNet search (K=2, batch 1024, lr 0.5); multi-GPU; the DARTS RNN space.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import preset_name
+from .data import DATASETS, DeviceLoader, load, resolve_device, split
+from .genotypes import Genotype
+from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
+from .training import History, autocast, evaluate
+
+
+class SearchDiverged(RuntimeError):
+    """A NaN or Inf in the loss or in alpha/beta; the last good checkpoint is kept."""
+
+
+# -- the supernet ------------------------------------------------------------------------
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle (PC-DARTS Sec. 3.2): view (B, g, C/g, H, W), swap the two
+    channel axes, flatten; the g groups interleave, so the next edge's first C/K channels
+    mix processed and bypassed ones."""
+    if groups == 1:
+        return x
+    B, C, H, W = x.shape
+    return x.view(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)
+
+
+def _strip_relu(op: nn.Module) -> bool:
+    """Drop the op's leading ReLU (the cell applies it once per state); True if it had one."""
+    first = op[0][0] if isinstance(op, SepConv) else op
+    if isinstance(first, DilConv):
+        first[0] = nn.Identity()
+        return True
+    if isinstance(first, FactorizedReduce):
+        first.relu = nn.Identity()
+        return True
+    return False
+
+
+class MixedOp(nn.Module):
+    """Every candidate op on ``C`` channels (already C/K of the edge), summed with weights
+    (DARTS Eq. 2). Search ops use non-affine BN, pools get one too (official code)."""
+
+    def __init__(self, C: int, stride: int, primitives=DARTS_OPS):
+        super().__init__()
+        self._ops = nn.ModuleList()
+        self._active, self._pre_relu = [], []
+        for i, name in enumerate(primitives):
+            op = OPS[name](C, stride, False)
+            if "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self._ops.append(op)
+            if name != "none":  # zero output: skipping it is exact
+                self._active.append(i)
+                self._pre_relu.append(_strip_relu(op))
+
+    def forward(self, x, x_relu, weights):
+        # x, x_relu: (B, C, H, W) and its ReLU; weights: (len(primitives),)
+        out = None
+        for i, pre in zip(self._active, self._pre_relu):
+            y = weights[i] * self._ops[i](x_relu if pre else x)
+            out = y if out is None else out + y
+        return out
+
+
+class SearchCell(nn.Module):
+    """A DARTS cell with partial channels: node i = sum over earlier states j of
+    beta_j * MixedOp_j(first C/K channels of state j), the other channels bypassed."""
+
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev,
+                 k, primitives=DARTS_OPS):
+        super().__init__()
+        self.reduction, self.k, self.C = reduction, k, C
+        self._steps, self._multiplier = steps, multiplier
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self._ops = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self._ops.append(MixedOp(C // k, stride, primitives))
+        # The bypassed channels of a strided edge are max-pooled 2x2 (official MixedOp.mp);
+        # ceil_mode keeps odd sizes aligned with the strided ops (equal for even sizes).
+        self.mp = nn.MaxPool2d(2, 2, ceil_mode=True)
+
+    def forward(self, s0, s1, alpha_w, beta_w=None):
+        # alpha_w: (E, n_ops) softmax(alpha); beta_w: (E,) per-node softmax(beta) or None
+        c = self.C // self.k
+        states = [self.preprocess0(s0), self.preprocess1(s1)]  # (B, C, H, W) each
+        parts = [(s[:, :c], F.relu(s[:, :c])) for s in states]
+        bypass = [self._bypass(s, j) for j, s in enumerate(states)]
+        offset = 0
+        for i in range(self._steps):
+            mixed = rest = None
+            for j in range(len(states)):
+                w = alpha_w[offset + j]
+                if beta_w is not None:
+                    w = w * beta_w[offset + j]  # fold beta into the op weights: 8 scalars
+                m = self._ops[offset + j](parts[j][0], parts[j][1], w)
+                mixed = m if mixed is None else mixed + m
+                if bypass[j] is not None:
+                    r = bypass[j] if beta_w is None else beta_w[offset + j] * bypass[j]
+                    rest = r if rest is None else rest + r
+            offset += len(states)
+            node = mixed if rest is None else channel_shuffle(torch.cat([mixed, rest], 1), self.k)
+            states.append(node)
+            parts.append((node[:, :c], F.relu(node[:, :c])))
+            bypass.append(self._bypass(node, len(states) - 1))
+        return torch.cat(states[-self._multiplier:], dim=1)  # (B, multiplier*C, H', W')
+
+    def _bypass(self, s, j):
+        if self.k == 1:
+            return None
+        rest = s[:, self.C // self.k:]
+        return self.mp(rest) if self.reduction and j < 2 else rest
+
+
+def node_softmax(beta: torch.Tensor, steps: int) -> torch.Tensor:
+    """Edge normalization (PC-DARTS Sec. 3.3): softmax of beta over each node's incoming
+    edges, groups [0:2], [2:5], [5:9], [9:14] for 4 steps."""
+    out, start = [], 0
+    for i in range(steps):
+        out.append(F.softmax(beta[start:start + 2 + i], dim=-1))
+        start += 2 + i
+    return torch.cat(out)
+
+
+class SearchNetwork(nn.Module):
+    """The search supernet (official ``model_search.Network``): stem 3x3 conv to 3C + BN,
+    ``layers`` search cells with reductions at layers//3 and 2*layers//3, global pooling,
+    a linear classifier. ``k=1, edge_norm=False`` is the DARTS supernet."""
+
+    def __init__(self, C: int, num_classes: int, layers: int, k: int = 4,
+                 edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
+                 in_channels: int = 3, primitives=DARTS_OPS):
+        super().__init__()
+        _check_shape(C, k, layers, steps, multiplier)
+        self.C, self.k, self.edge_norm = C, k, edge_norm
+        self._layers, self._steps, self._multiplier = layers, steps, multiplier
+        self.primitives = tuple(primitives)
+        C_curr = 3 * C  # stem_multiplier = 3
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr,
+                                         reduction, reduction_prev, k, self.primitives))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        # Architecture parameters start as 1e-3 * randn (official _initialize_alphas).
+        n_edges = sum(2 + i for i in range(steps))
+        n_ops = len(self.primitives)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
+        if edge_norm:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(n_edges))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_edges))
+
+    def arch_parameters(self) -> list:
+        names = ["alpha_normal", "alpha_reduce"] + (["beta_normal", "beta_reduce"]
+                                                    if self.edge_norm else [])
+        return [getattr(self, n) for n in names]
+
+    def weight_parameters(self) -> list:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def arch_weights(self) -> dict:
+        """softmax(alpha) per edge and, with edge normalization, per-node softmax(beta)."""
+        out = {"normal": F.softmax(self.alpha_normal, -1),
+               "reduce": F.softmax(self.alpha_reduce, -1)}
+        if self.edge_norm:
+            out["beta_normal"] = node_softmax(self.beta_normal, self._steps)
+            out["beta_reduce"] = node_softmax(self.beta_reduce, self._steps)
+        return out
+
+    def forward(self, x):
+        w = self.arch_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, w[kind], w.get("beta_" + kind))
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    @torch.no_grad()
+    def genotype(self) -> Genotype:
+        w = {k: v.float().cpu().tolist() for k, v in self.arch_weights().items()}
+        return derive_genotype(w["normal"], w["reduce"], w.get("beta_normal"),
+                               w.get("beta_reduce"), self._steps, self._multiplier,
+                               self.primitives)
+
+
+def _check_shape(C, k, layers, steps, multiplier):
+    if min(C, k, layers, steps, multiplier) < 1:
+        raise ValueError("C, k, layers, steps and multiplier must be positive")
+    if C % 2:
+        raise ValueError(f"C must be even (factorized reduce halves it), got C={C}")
+    if C % k:
+        raise ValueError(f"k={k} must divide C={C}: 1/K of the channels go through the "
+                         f"mixed op (choose k among {[d for d in range(1, C + 1) if C % d == 0]})")
+    if multiplier > steps:
+        raise ValueError(f"multiplier={multiplier} must be <= steps={steps}")
+
+
+def derive_genotype(alpha_normal, alpha_reduce, beta_normal=None, beta_reduce=None,
+                    steps: int = 4, multiplier: int = 4, primitives=DARTS_OPS) -> Genotype:
+    """The discrete cell (DARTS Sec. 2.4; PC-DARTS Sec. 3.3, official ``genotype()``).
+
+    Inputs are softmax weights (nested lists or tensors): ``alpha_*`` (E, n_ops), ``beta_*``
+    (E,) already normalized per node. Each edge's op weights are multiplied by its beta;
+    every node keeps the 2 edges whose largest non-none weight is largest (stable sort:
+    ties go to the earlier input), and each kept edge its strongest non-none op.
+    """
+    none = primitives.index("none") if "none" in primitives else -1
+
+    def parse(alpha, beta):
+        alpha = alpha.tolist() if hasattr(alpha, "tolist") else alpha
+        beta = beta.tolist() if hasattr(beta, "tolist") else beta
+        gene, start = [], 0
+        for i in range(steps):
+            n = 2 + i
+            W = [[a * (beta[start + j] if beta is not None else 1.0) for a in alpha[start + j]]
+                 for j in range(n)]
+            best = [max((k for k in range(len(W[j])) if k != none), key=lambda k: (W[j][k], -k))
+                    for j in range(n)]
+            edges = sorted(range(n), key=lambda j: -W[j][best[j]])[:2]
+            gene += [(primitives[best[j]], j) for j in edges]
+            start += n
+        return gene
+
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return Genotype(parse(alpha_normal, beta_normal), concat,
+                    parse(alpha_reduce, beta_reduce), concat)
+
+
+# -- configuration -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search run. Defaults are PC-DARTS's CIFAR-10 search (Sec. 4.2, official
+    ``train_search.py``); see ``PRESETS`` for DARTS and the quick CPU setting."""
+
+    method: str = "pc-darts"       # "pc-darts" or "darts" (names the run; k/edge_norm decide)
+    dataset: str = "cifar10"       # one of nas_tutorial.data.DATASETS
+    image_size: int | None = None  # resize offline data (digits/synthetic); None = native
+    train_portion: float = 0.5     # weights on this half, alpha/beta on the rest (Sec. 2.3)
+    C: int = 16                    # initial channels of the supernet
+    layers: int = 8                # cells in the supernet
+    steps: int = 4                 # intermediate nodes per cell
+    multiplier: int = 4            # nodes concatenated into the cell output
+    k: int = 4                     # partial channels: 1/K go through the ops (PC-DARTS: 4)
+    edge_norm: bool = True         # edge normalization beta (PC-DARTS Sec. 3.3)
+    epochs: int = 50               # search epochs (both papers)
+    batch_size: int = 256          # images per step, same for both halves (DARTS: 64)
+    lr: float = 0.1                # SGD lr, cosine-annealed (DARTS: 0.025)
+    lr_min: float = 0.0            # cosine floor (PC-DARTS 0, DARTS 0.001)
+    momentum: float = 0.9
+    weight_decay: float = 3e-4     # on weights
+    grad_clip: float = 5.0         # max global norm of the weight gradient
+    arch_lr: float = 6e-4          # Adam lr for alpha/beta (DARTS: 3e-4)
+    arch_weight_decay: float = 1e-3
+    arch_betas: tuple = (0.5, 0.999)
+    warmup_epochs: int = 15        # weight-only epochs before alpha/beta move (DARTS: 0)
+    unrolled: bool = False         # second order architecture step (DARTS Sec. 2.3)
+    seed: int = 0                  # fixes init, halves, batches (on CPU exactly)
+    steps_per_epoch: int | None = None  # cap on steps per epoch (None = the whole half)
+    record_every: int = 0          # also record alpha/beta/genotype every N steps; 0 = off
+    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True     # NHWC memory format (CPU too: 10-15% faster step, measured)
+    compile: bool = False          # torch.compile the supernet (CUDA only)
+    cpu_threads: int | None = None  # torch threads for a CPU search, restored after; None = as is
+
+    def __post_init__(self):
+        object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        if self.method not in ("pc-darts", "darts"):
+            raise ValueError(f"unknown method '{self.method}'; choose pc-darts or darts")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset '{self.dataset}'; choose one of "
+                             f"{', '.join(DATASETS)}")
+        _check_shape(self.C, self.k, self.layers, self.steps, self.multiplier)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        if not 0 <= self.warmup_epochs:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 < self.train_portion < 1:
+            raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
+
+
+PRESETS = {
+    # About a minute on 2 CPU cores: 16 px digits, C=8, 4 cells of 3 nodes, 6 epochs of 6
+    # batches. The arch lr is 10x the paper's: the run has 24 arch steps instead of ~3,400.
+    "quick": SearchConfig(dataset="digits", image_size=16, C=8, layers=4, steps=3,
+                          multiplier=3, k=4, epochs=6, batch_size=64, lr=0.1, lr_min=0.0,
+                          arch_lr=6e-3, warmup_epochs=2, steps_per_epoch=6,
+                          # thousands of tiny ops per step: on a busy 2-core machine two
+                          # threads measured 5-30x slower than one (OpenMP barriers)
+                          cpu_threads=1),
+    # PC-DARTS on CIFAR-10 (Sec. 4.2): batch 256, lr 0.1, arch lr 6e-4, 15 warm-up epochs.
+    "full": SearchConfig(),
+}
+PRESETS["quick-darts"] = replace(PRESETS["quick"], method="darts", k=1, edge_norm=False,
+                                 arch_lr=3e-3, warmup_epochs=0)
+# DARTS (Sec. 3.1.1): batch 64, lr 0.025 cosine to 0.001, arch lr 3e-4, no warm-up.
+PRESETS["full-darts"] = SearchConfig(method="darts", k=1, edge_norm=False, batch_size=64,
+                                     lr=0.025, lr_min=0.001, arch_lr=3e-4, warmup_epochs=0)
+
+
+def get_config(method: str = "pc-darts", preset: str | None = None, **overrides) -> SearchConfig:
+    """The ``method``'s config for ``preset`` (``quick``/``full``; default from
+    ``nt.get_preset()``: full on CUDA, quick on CPU), with field overrides."""
+    if method not in ("pc-darts", "darts"):
+        raise ValueError(f"unknown method '{method}'; choose pc-darts or darts")
+    name = preset_name(preset)
+    base = PRESETS[name if method == "pc-darts" else f"{name}-darts"]
+    unknown = set(overrides) - {f.name for f in fields(SearchConfig)}
+    if unknown:
+        raise ValueError(f"unknown SearchConfig fields: {', '.join(sorted(unknown))}")
+    return replace(base, **overrides)
+
+
+# -- the architecture step --------------------------------------------------------------
+def _loss(model, x, y, device, amp):
+    with autocast(device, amp):
+        return F.cross_entropy(model(x).float(), y)
+
+
+def _grad(loss, params):
+    # A network with fewer than 3 cells has no normal cell: its alphas get zero gradient.
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+class Architect:
+    """Updates alpha (and beta) on validation batches with Adam (DARTS ``architect.py``).
+
+    First order: grad_alpha L_val(w, alpha). Second order (DARTS Eq. 7-8): with
+    w' = w - lr * (momentum * buf + grad_w L_train + wd * w),
+    grad = grad_alpha L_val(w', alpha) - lr * [grad_alpha L_train(w+) - grad_alpha
+    L_train(w-)] / 2R, w+- = w +- R v, v = grad_w' L_val(w', alpha), R = 0.01 / ||v||.
+    """
+
+    def __init__(self, model: SearchNetwork, config: SearchConfig, device=torch.device("cpu"),
+                 forward=None):
+        # ``forward``: a compiled view of ``model`` (same parameters) for the forward passes.
+        self.model, self.config, self.device = model, config, device
+        self.forward = forward or model
+        self.r = 1e-2  # R = r / ||v|| of the finite difference (DARTS Sec. 2.3 / architect.py)
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
+                                          betas=config.arch_betas,
+                                          weight_decay=config.arch_weight_decay)
+
+    def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
+        """One Adam step on alpha/beta; returns the validation loss (a device tensor)."""
+        if self.config.unrolled:
+            grads, loss = self.unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
+        else:
+            loss = _loss(self.forward, x_valid, y_valid, self.device, self.config.amp)
+            grads = _grad(loss, self.model.arch_parameters())
+        for p, g in zip(self.model.arch_parameters(), grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
+        cfg, model, dev = self.config, self.model, self.device
+        weights, arch = model.weight_parameters(), model.arch_parameters()
+        # w' = one virtual SGD step; done in place and undone (no second network).
+        loss = _loss(self.forward, x_train, y_train, dev, cfg.amp)
+        g_w = _grad(loss, weights)
+        saved = [w.detach().clone() for w in weights]
+        buffers = [b.detach().clone() for b in model.buffers()]
+        with torch.no_grad():
+            for w, g in zip(weights, g_w):
+                buf = (w_optimizer.state.get(w, {}).get("momentum_buffer")
+                       if w_optimizer is not None else None)
+                moment = cfg.momentum * buf if buf is not None else 0.0
+                w.sub_(lr * (moment + g + cfg.weight_decay * w))
+        loss_val = _loss(self.forward, x_valid, y_valid, dev, cfg.amp)
+        grads = _grad(loss_val, arch + weights)
+        d_alpha, v = grads[:len(arch)], grads[len(arch):]
+        with torch.no_grad():  # back to w; the virtual step's BN statistics are dropped too
+            for w, s in zip(weights, saved):
+                w.copy_(s)
+            for b, s in zip(model.buffers(), buffers):
+                b.copy_(s)
+        hvp = self._hessian_vector_product(v, x_train, y_train, self.r)
+        return [g - lr * h for g, h in zip(d_alpha, hvp)], loss_val
+
+    def _hessian_vector_product(self, v, x, y, r=1e-2):
+        weights, arch = self.model.weight_parameters(), self.model.arch_parameters()
+        R = r / torch.cat([t.flatten() for t in v]).norm()
+        grads = []
+        for sign in (1.0, -2.0):  # to w + R v, then to w - R v
+            with torch.no_grad():
+                for w, t in zip(weights, v):
+                    w.add_(t, alpha=sign * R)
+            loss = _loss(self.forward, x, y, self.device, self.config.amp)
+            grads.append(_grad(loss, arch))
+        with torch.no_grad():
+            for w, t in zip(weights, v):
+                w.add_(t, alpha=R)
+        return [(p - n) / (2 * R) for p, n in zip(*grads)]
+
+
+# -- history and checkpoints ---------------------------------------------------------------
+@dataclass
+class SearchHistory(History):
+    """Per-epoch record of a search: the training curves of :class:`History` (valid = the
+    architecture half) plus softmax(alpha), softmax(beta) and the derived genotype."""
+
+    alpha_normal: list = field(default_factory=list)   # per epoch (E, n_ops) softmax(alpha)
+    alpha_reduce: list = field(default_factory=list)
+    beta_normal: list = field(default_factory=list)    # per epoch (E,) softmax per node
+    beta_reduce: list = field(default_factory=list)
+    genotype: list = field(default_factory=list)       # per epoch, Genotype.to_dict()
+    steps: list = field(default_factory=list)          # every-N-step records (record_every)
+    primitives: list = field(default_factory=lambda: list(DARTS_OPS))
+
+    def genotypes(self) -> list:
+        return [Genotype.from_dict(g) for g in self.genotype]
+
+    def __repr__(self) -> str:
+        if not self.epoch:
+            return "SearchHistory(empty)"
+        return (f"SearchHistory({len(self.epoch)} epochs, valid acc {self.valid_acc[-1]:.3f}, "
+                f"genotype {self.genotypes()[-1]})")
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    history: SearchHistory
+    config: SearchConfig
+    network: SearchNetwork
+    run_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        return (f"SearchResult({self.config.method}, {len(self.history.epoch)} epochs: "
+                f"{self.genotype})")
+
+
+def _snapshot(model: SearchNetwork) -> dict:
+    w = {k: v.detach().float().cpu().tolist() for k, v in model.arch_weights().items()}
+    return {"alpha_normal": w["normal"], "alpha_reduce": w["reduce"],
+            "beta_normal": w.get("beta_normal"), "beta_reduce": w.get("beta_reduce"),
+            "genotype": model.genotype().to_dict()}
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a Ctrl-C mid-write leaves the previous file whole
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def load_checkpoint(run_dir) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CHECKPOINT} in {run_dir}: nothing to resume")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt["config"] = SearchConfig(**ckpt["config"])
+    return ckpt
+
+
+# -- the search loop -----------------------------------------------------------------------
+def search(config: SearchConfig | None = None, out=None, resume=None, device="auto",
+           progress: bool = True, callback=None) -> SearchResult:
+    """Run (or continue) a search; returns a :class:`SearchResult`.
+
+    ``out``: run folder for the checkpoint (every epoch), ``history.json`` and
+    ``genotype.json``; None keeps everything in memory. ``resume``: a run folder to continue
+    (its saved config is used; ``out`` defaults to it). ``callback(history)`` runs after each
+    epoch. Raises :class:`SearchDiverged` on a NaN/Inf loss or alpha/beta.
+    """
+    device = resolve_device(device)
+    threads = torch.get_num_threads()
+    config = _resolve_config(config, resume)
+    if device.type == "cpu" and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _search(config, out, resume, device, progress, callback)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resolve_config(config, resume):
+    if resume is None:
+        return config or get_config()
+    saved = load_checkpoint(resume)["config"]
+    if config is not None and config != saved:
+        diff = [f.name for f in fields(SearchConfig)
+                if getattr(config, f.name) != getattr(saved, f.name)]
+        raise ValueError(f"the run in {resume} used another config (differs in "
+                         f"{', '.join(diff)}); pass config=None to resume it")
+    return saved
+
+
+def _search(config, out, resume, device, progress, callback) -> SearchResult:
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        out = out if out is not None else resume
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    data = load(config.dataset, train=True, size=config.image_size, device=device)
+    train_ds, valid_ds = split(data, config.train_portion, seed=config.seed)
+    cuda = device.type == "cuda"
+    channels_last = config.channels_last
+    train_loader = DeviceLoader(train_ds, config.batch_size, train=True, seed=config.seed,
+                                drop_last=True, channels_last=channels_last)
+    valid_loader = DeviceLoader(valid_ds, config.batch_size, train=True, seed=config.seed + 1,
+                                drop_last=True, channels_last=channels_last)
+    model = SearchNetwork(config.C, data.num_classes, config.layers, config.k, config.edge_norm,
+                          config.steps, config.multiplier, in_channels=data.shape[0]).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward_model = model
+    if config.compile and cuda:
+        forward_model = torch.compile(model)
+    w_optimizer = torch.optim.SGD(model.weight_parameters(), lr=config.lr,
+                                  momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optimizer, config.epochs,
+                                                           eta_min=config.lr_min)
+    architect = Architect(model, config, device, forward=forward_model)
+    history, start = SearchHistory(primitives=list(model.primitives)), 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        w_optimizer.load_state_dict(ckpt["w_optimizer"])
+        architect.optimizer.load_state_dict(ckpt["a_optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        train_loader.load_state_dict(ckpt["train_loader"])
+        valid_loader.load_state_dict(ckpt["valid_loader"])
+        torch.set_rng_state(ckpt["rng"])
+        history, start = SearchHistory.from_dict(ckpt["history"]), ckpt["epoch"]
+
+    steps = len(train_loader) if config.steps_per_epoch is None else min(
+        len(train_loader), config.steps_per_epoch)
+    from tqdm.auto import tqdm
+
+    # closed on any exit, Ctrl-C included, so a notebook shows no stale bar
+    with tqdm(total=config.epochs * steps, initial=start * steps, desc=config.method,
+              disable=not progress) as bar:
+        weights = model.weight_parameters()
+        for epoch in range(start, config.epochs):
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            search_arch = epoch >= config.warmup_epochs  # PC-DARTS warm-up (Sec. 4.2)
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            finite = torch.ones((), device=device, dtype=torch.bool)
+            seen = 0
+            for step, ((x, y), (xv, yv)) in enumerate(zip(train_loader, valid_loader)):
+                if step == steps:
+                    break
+                if search_arch:  # arch first, then weights (official train loop order)
+                    vloss = architect.step(x, y, xv, yv, lr, w_optimizer)
+                    finite &= torch.isfinite(vloss)
+                with autocast(device, config.amp):
+                    logits = forward_model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                w_optimizer.zero_grad(set_to_none=True)
+                loss.backward(inputs=weights)  # gradients for the weights only
+                nn.utils.clip_grad_norm_(weights, config.grad_clip)
+                w_optimizer.step()
+                finite &= torch.isfinite(loss.detach())
+                loss_sum += loss.detach() * y.numel()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.numel()
+                if config.record_every and (step + 1) % config.record_every == 0:
+                    history.steps.append({"epoch": epoch + 1, "step": step + 1, **_snapshot(model)})
+                bar.update(1)
+            arch_ok = all(torch.isfinite(p).all() for p in model.arch_parameters())
+            if not bool(finite) or not arch_ok:  # the one host sync of the epoch
+                what = "loss" if not bool(finite) else "alpha/beta"
+                raise SearchDiverged(
+                    f"search diverged in epoch {epoch + 1}: NaN/Inf in the {what}; the last good "
+                    f"checkpoint (epoch {epoch}) is kept"
+                    + (f" in {run_dir}" if run_dir else "") + "; try a lower lr or arch_lr")
+            scheduler.step()
+            history.epoch.append(epoch + 1)
+            history.lr.append(lr)
+            history.train_loss.append(loss_sum.item() / max(seen, 1))
+            history.train_acc.append(correct.item() / max(seen, 1))
+            vl, va = evaluate(model, valid_ds, device, batch_size=512, amp=config.amp)
+            history.valid_loss.append(vl)
+            history.valid_acc.append(va)
+            snap = _snapshot(model)
+            for key, value in snap.items():
+                getattr(history, key).append(value)
+            history.seconds.append(time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{va:.3f}")
+            if run_dir is not None:
+                state = {"config": asdict(config), "epoch": epoch + 1, "model": model.state_dict(),
+                         "w_optimizer": w_optimizer.state_dict(),
+                         "a_optimizer": architect.optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(),
+                         "train_loader": train_loader.state_dict(),
+                         "valid_loader": valid_loader.state_dict(),
+                         "rng": torch.get_rng_state(), "history": history.to_dict()}
+                _atomic_write(run_dir / CHECKPOINT, lambda p: torch.save(state, p))
+                _write_json(run_dir / "history.json", history.to_dict())
+                _write_json(run_dir / "genotype.json", snap["genotype"])
+            if callback is not None:
+                callback(history)
+    model.eval()
+    genotype = model.genotype()
+    return SearchResult(genotype, history, config, model, run_dir)
+
+
+# -- command line ------------------------------------------------------------------------
+def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=False,
+               epochs=None, dataset=None, seed=0, out=None, resume=None) -> dict:
+    """``nas-tutorial search pc-darts|darts``: run, then write the genotype, the history,
+    the cell drawings (SVG) and the alpha/beta figures (HTML) into the run folder."""
+    from . import viz
+
+    if resume is not None:
+        config = None
+        run_dir = Path(out or resume)
+        load_checkpoint(resume)  # fail early, with one line, when there is nothing to resume
+    else:
+        overrides = {"seed": seed}
+        if k is not None:
+            overrides["k"] = k
+        if edge_norm is not None:
+            overrides["edge_norm"] = edge_norm
+        if unrolled:
+            overrides["unrolled"] = True
+        if epochs is not None:
+            overrides["epochs"] = epochs
+            overrides["warmup_epochs"] = min(get_config(method, preset).warmup_epochs,
+                                             epochs // 2)
+        if dataset is not None:
+            overrides["dataset"] = dataset
+            overrides["image_size"] = 16 if dataset == "digits" else None
+        config = get_config(method, preset, **overrides)
+        run_dir = Path(out or f"runs/{method}-{preset_name(preset)}-seed{seed}")
+    result = search(config, out=run_dir, resume=resume)
+    h, g = result.history, result.genotype
+    files = {"genotype": run_dir / "genotype.json", "history": run_dir / "history.json"}
+    files["normal"] = viz.save_svg(viz.draw_cell(g, "normal"), run_dir / "normal.svg")
+    files["reduce"] = viz.save_svg(viz.draw_cell(g, "reduce"), run_dir / "reduce.svg")
+    figures = {"alpha": (viz.plot_alpha_evolution(h, "normal"), "alpha_normal.html"),
+               "alpha_r": (viz.plot_alpha_evolution(h, "reduce"), "alpha_reduce.html"),
+               "heatmap": (viz.plot_alpha_heatmap(h), "alpha_heatmap.html"),
+               "skips": (viz.plot_skip_monitor(h), "skip_monitor.html")}
+    for label, (fig, name) in figures.items():
+        files[label] = viz.save_html(fig, run_dir / name)
+    return {"run_dir": run_dir, "result": str(g), "files": files}

@@ -1,0 +1,326 @@
+"""PC-DARTS / DARTS search: checked against an independent copy of the official code."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_tutorial import pc_darts as pc
+from nas_tutorial.cli import main as cli_main
+from nas_tutorial.ops import DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
+
+
+# -- an independent supernet, written like the official model_search.py files ------------
+def shuffle(x, groups):
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+class RefMixedOp(nn.Module):  # official PC-DARTS MixedOp; k=1 is the DARTS one
+    def __init__(self, C, stride, k):
+        super().__init__()
+        self.k, self.mp = k, nn.MaxPool2d(2, 2)
+        self._ops = nn.ModuleList()
+        for name in DARTS_OPS:
+            op = OPS[name](C // k, stride, False)
+            if "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(C // k, affine=False))
+            self._ops.append(op)
+
+    def forward(self, x, weights):
+        c = x.shape[1] // self.k
+        out = sum(w * op(x[:, :c]) for w, op in zip(weights, self._ops))
+        if self.k == 1:
+            return out
+        rest = x[:, c:] if out.shape[2] == x.shape[2] else self.mp(x[:, c:])
+        return shuffle(torch.cat([out, rest], 1), self.k)
+
+
+class RefNetwork(nn.Module):
+    def __init__(self, C, classes, layers, k, steps, mult, in_ch):
+        super().__init__()
+        self.steps, self.mult = steps, mult
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 3 * C, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(3 * C))
+        cpp, cp, cc, red_prev = 3 * C, 3 * C, C, False
+        self.cells = nn.ModuleList()
+        for i in range(layers):
+            red = i in (layers // 3, 2 * layers // 3)
+            cc = cc * 2 if red else cc
+            cell = nn.Module()
+            cell.reduction = red
+            cell.pre0 = (FactorizedReduce(cpp, cc, affine=False) if red_prev
+                         else ReLUConvBN(cpp, cc, 1, 1, 0, affine=False))
+            cell.pre1 = ReLUConvBN(cp, cc, 1, 1, 0, affine=False)
+            cell.ops = nn.ModuleList(RefMixedOp(cc, 2 if red and j < 2 else 1, k)
+                                     for i2 in range(steps) for j in range(2 + i2))
+            self.cells.append(cell)
+            red_prev, cpp, cp = red, cp, mult * cc
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(cp, classes)
+
+    def forward(self, x, an, ar, bn=None, br=None):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            a, b = (ar, br) if cell.reduction else (an, bn)
+            w = F.softmax(a, -1)
+            states, off = [cell.pre0(s0), cell.pre1(s1)], 0
+            for i in range(self.steps):
+                bw = F.softmax(b[off:off + len(states)], -1) if b is not None else None
+                states.append(sum((bw[j] if bw is not None else 1.0)
+                                  * cell.ops[off + j](h, w[off + j])
+                                  for j, h in enumerate(states)))
+                off += len(states) - 1
+            s0, s1 = s1, torch.cat(states[-self.mult:], 1)
+        return self.fc(self.pool(s1).flatten(1))
+
+
+def _pair(k, edge_norm, C=8, layers=3, steps=3, mult=3):
+    torch.manual_seed(0)
+    net = pc.SearchNetwork(C, 5, layers, k=k, edge_norm=edge_norm, steps=steps,
+                           multiplier=mult, in_channels=2).double()
+    ref = RefNetwork(C, 5, layers, k, steps, mult, 2).double()
+    mine = net.weight_parameters()
+    theirs = list(ref.parameters())
+    assert [p.shape for p in mine] == [p.shape for p in theirs]
+    with torch.no_grad():
+        for p, q in zip(theirs, mine):
+            p.copy_(q)
+        for p in net.arch_parameters():  # away from uniform, so the weights matter
+            p.normal_(0, 1)
+    return net, ref
+
+
+@pytest.mark.parametrize("k,edge_norm", [(1, False), (4, True), (2, False)])
+def test_supernet_matches_official_structure(k, edge_norm):
+    net, ref = _pair(k, edge_norm)
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    out = net(x)
+    ref_out = ref(x, *net.arch_parameters())
+    if k == 1 and not edge_norm:  # the DARTS supernet, same sums in the same order
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    else:  # per-node shuffle/beta: the same sum, reassociated
+        torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-10)
+    g = torch.autograd.grad(out.square().sum(), net.arch_parameters())
+    g_ref = torch.autograd.grad(ref_out.square().sum(), net.arch_parameters())
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_partial_channels_and_shuffle():
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert pc.channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert torch.equal(pc.channel_shuffle(x, 1), x)
+    net = pc.SearchNetwork(16, 10, 3, k=4, steps=2, multiplier=2)
+    seen = []
+    for m in net.modules():
+        if isinstance(m, pc.MixedOp):
+            m.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[1],
+                                                                       out.shape[1])))
+    net(torch.randn(2, 3, 8, 8))
+    # 1/4 of 16, 32, 64 channels go through the ops: 4, 8, 16
+    assert sorted(set(seen)) == [(4, 4), (8, 8), (16, 16)]
+    # The ops never read the bypassed channels: the ops' input is the first C/K of a state.
+    cell = net.cells[0]
+    s = torch.randn(2, 16, 8, 8)
+    assert torch.equal(cell._bypass(s, 0), s[:, 4:])
+    red = net.cells[1]
+    assert red._bypass(torch.randn(2, 32, 8, 8), 1).shape == (2, 24, 4, 4)
+
+
+def test_edge_normalization_groups():
+    beta = torch.randn(14)
+    w = pc.node_softmax(beta, 4)
+    for a, b in [(0, 2), (2, 5), (5, 9), (9, 14)]:
+        torch.testing.assert_close(w[a:b], F.softmax(beta[a:b], -1))
+        assert abs(float(w[a:b].sum()) - 1) < 1e-6
+    beta2 = beta.clone()
+    beta2[3] += 5.0  # an edge of node 1 moves only node 1's group
+    w2 = pc.node_softmax(beta2, 4)
+    assert torch.equal(w2[:2], w[:2]) and torch.equal(w2[5:], w[5:])
+    assert w2[3] > w[3]
+    net = pc.SearchNetwork(8, 10, 3, k=2, edge_norm=False)
+    assert len(net.arch_parameters()) == 2
+    assert len(pc.SearchNetwork(8, 10, 3, k=2).arch_parameters()) == 4
+
+
+def test_derivation_hand_set():
+    n_ops = len(DARTS_OPS)
+    op = {name: i for i, name in enumerate(DARTS_OPS)}
+
+    def row(name, value, none=0.0):
+        r = [0.01] * n_ops
+        r[op["none"]] = none
+        r[op[name]] = value
+        return r
+
+    # 2 steps: edges (node0: k-2, k-1), (node1: k-2, k-1, node0)
+    alpha = [row("sep_conv_3x3", 0.5), row("max_pool_3x3", 0.4),
+             row("skip_connect", 0.3, none=0.9),  # `none` is strongest here: ignored
+             row("dil_conv_5x5", 0.6), row("avg_pool_3x3", 0.5)]
+    g = pc.derive_genotype(alpha, alpha, steps=2, multiplier=2)
+    assert g.normal == (("sep_conv_3x3", 0), ("max_pool_3x3", 1),
+                        ("dil_conv_5x5", 1), ("avg_pool_3x3", 2))
+    assert g.normal_concat == (2, 3)
+    # beta reranks edges (PC-DARTS): node1 now keeps edges 0 and 2, ops unchanged
+    beta = [0.5, 0.5, 0.6, 0.1, 0.3]
+    g = pc.derive_genotype(alpha, alpha, beta, beta, steps=2, multiplier=2)
+    assert g.normal == (("sep_conv_3x3", 0), ("max_pool_3x3", 1),
+                        ("skip_connect", 0), ("avg_pool_3x3", 2))
+    # the network's own genotype() goes through the same function
+    net = pc.SearchNetwork(8, 10, 3, k=2, steps=2, multiplier=2)
+    with torch.no_grad():
+        net.alpha_normal.copy_(torch.tensor(alpha).log())
+        net.beta_normal.copy_(torch.tensor(beta).log())
+    assert set(net.genotype().normal[2:]) == {("skip_connect", 0), ("avg_pool_3x3", 2)}
+
+
+def test_second_order_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    cfg = pc.SearchConfig(dataset="synthetic", C=4, layers=3, steps=2, multiplier=2, k=2,
+                          unrolled=True, weight_decay=3e-4, amp=False)
+    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1).double()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_(0, 0.5)
+    xt, yt = torch.randn(6, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
+    xv, yv = torch.randn(6, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
+    lr = 0.5
+    arch = pc.Architect(net, cfg)
+    # DARTS's r=0.01 is coarse for a net this small (kinks of ReLU/max-pool); a smaller r
+    # checks the same code path tightly.
+    arch.r = 1e-4
+    grads, _ = arch.unrolled_grads(xt, yt, xv, yv, lr)
+    weights = net.weight_parameters()
+    w0 = [w.detach().clone() for w in weights]
+
+    def f():  # L_val(w - lr * (grad_w L_train + wd w), alpha), computed directly
+        loss = F.cross_entropy(net(xt), yt)
+        g = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            for w, gw, s in zip(weights, g, w0):
+                w.copy_(s - lr * (gw + cfg.weight_decay * s))
+            val = float(F.cross_entropy(net(xv), yv))
+            for w, s in zip(weights, w0):
+                w.copy_(s)
+        return val
+
+    eps = 1e-5
+    for p, g in zip(net.arch_parameters(), grads):
+        flat, gflat = p.data.view(-1), g.view(-1)
+        for i in range(0, flat.numel(), 7):  # a spread of entries keeps the test fast
+            old = float(flat[i])
+            flat[i] = old + eps
+            up = f()
+            flat[i] = old - eps
+            down = f()
+            flat[i] = old
+            fd = (up - down) / (2 * eps)
+            assert abs(fd - float(gflat[i])) < 1e-5 + 1e-2 * abs(fd), (p.shape, i, fd, gflat[i])
+    # and it is not the first-order gradient
+    first = torch.autograd.grad(F.cross_entropy(net(xv), yv), net.arch_parameters())
+    assert max(float((a - b).abs().max()) for a, b in zip(first, grads)) > 1e-4
+
+
+def _tiny(**kw):
+    base = dict(dataset="digits", image_size=8, C=4, layers=3, steps=2, multiplier=2, k=2,
+                epochs=3, batch_size=32, steps_per_epoch=2, warmup_epochs=1, lr=0.05,
+                arch_lr=3e-3, record_every=1)
+    base.update(kw)
+    return pc.SearchConfig(**base)
+
+
+def test_resume_reaches_same_result(tmp_path):
+    cfg = _tiny()
+    full = pc.search(cfg, out=tmp_path / "a", device="cpu", progress=False)
+
+    def stop(history):
+        if history.epoch[-1] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pc.search(cfg, out=tmp_path / "b", device="cpu", progress=False, callback=stop)
+    assert pc.load_checkpoint(tmp_path / "b")["epoch"] == 2
+    resumed = pc.search(None, resume=tmp_path / "b", device="cpu", progress=False)
+    assert resumed.genotype == full.genotype
+    a, b = full.history.to_dict(), resumed.history.to_dict()
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    assert len(b["epoch"]) == 3 and len(b["steps"]) == 6
+    saved = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert saved["genotype"][-1] == full.genotype.to_dict()
+    with pytest.raises(ValueError, match="another config"):
+        pc.search(_tiny(seed=1), resume=tmp_path / "b", device="cpu", progress=False)
+
+
+def test_nan_guard_keeps_last_checkpoint(tmp_path, monkeypatch):
+    forward = pc.SearchNetwork.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        out = forward(self, x)
+        return out * float("nan") if calls["n"] > 6 else out  # epoch 1 is 2 steps + eval
+
+    monkeypatch.setattr(pc.SearchNetwork, "forward", poisoned)
+    with pytest.raises(pc.SearchDiverged, match="NaN/Inf in the loss"):
+        pc.search(_tiny(), out=tmp_path, device="cpu", progress=False)
+    assert isinstance(pc.SearchDiverged("x"), RuntimeError)
+    ckpt = pc.load_checkpoint(tmp_path)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values()
+               if v.dtype.is_floating_point)
+
+
+@pytest.mark.parametrize("k,edge_norm,expected", [(4, True, 299_578), (1, False, 1_930_618)])
+def test_parameter_counts_at_published_configuration(k, edge_norm, expected):
+    # The official logs print 0.299578 MB (PC-DARTS) and 1.930618 MB (DARTS): weights only.
+    net = pc.SearchNetwork(16, 10, 8, k=k, edge_norm=edge_norm)
+    assert sum(p.numel() for p in net.weight_parameters()) == expected
+    assert sum(p.numel() for p in net.arch_parameters()) == 14 * 8 * 2 + (28 if edge_norm else 0)
+
+
+def test_presets_carry_the_papers_settings():
+    p = pc.get_config("pc-darts", "full")
+    assert (p.batch_size, p.lr, p.warmup_epochs, p.arch_lr, p.k, p.edge_norm) == \
+        (256, 0.1, 15, 6e-4, 4, True)
+    d = pc.get_config("darts", "full")
+    assert (d.batch_size, d.lr, d.lr_min, d.arch_lr, d.warmup_epochs, d.k, d.edge_norm) == \
+        (64, 0.025, 0.001, 3e-4, 0, 1, False)
+    assert pc.get_config("darts", "quick").k == 1
+    with pytest.raises(ValueError, match="must divide"):
+        pc.get_config("pc-darts", "quick", k=3)
+    with pytest.raises(ValueError, match="unknown SearchConfig"):
+        pc.get_config("pc-darts", "quick", bogus=1)
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--k", "3"]) == 2
+    assert "must divide" in capsys.readouterr().err
+    assert cli_main(["search", "darts", "--preset", "quick", "--resume",
+                     str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["search", "pc-darts", "--dataset", "imagenet"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli_main(["search", "pc-darts", "--k", "0"])
+    assert e.value.code == 2
+
+
+def test_unrolled_search_runs_with_momentum():
+    r = pc.search(_tiny(unrolled=True, epochs=2, record_every=0), device="cpu", progress=False)
+    assert len(r.history.genotype) == 2 and r.history.beta_normal[-1] is not None
+
+
+def test_cli_search_writes_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--epochs", "1",
+                     "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "found:" in text and str(out) in text
+    for name in ("genotype.json", "history.json", "checkpoint.pt", "alpha_normal.html",
+                 "alpha_heatmap.html", "skip_monitor.html"):
+        assert (out / name).is_file(), name
+    g = pc.Genotype.load(out / "genotype.json")
+    assert f"found:   {g}" in text
