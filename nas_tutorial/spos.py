@@ -1,0 +1,901 @@
+"""SPOS: Single Path One-Shot NAS with uniform sampling.
+
+Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampling",
+ECCV 2020, and the official code (megvii-model/SinglePathOneShot). What is here:
+
+- Sec. 3.1/4, Fig. 2: a ShuffleNetV2 supernet of choice layers, four blocks per layer
+  (Shuffle 3x3, 5x5, 7x7 and Xception); a path is a tuple of choice indices passed to
+  ``forward(x, path)``. ``IMAGENET`` is the paper's net, ``CIFAR`` the same with a stride-1
+  stem at 32x32, ``QUICK`` a narrow one for the offline ``digits`` set.
+- Sec. 3.2, Eq. (7)/(8): supernet training with a uniformly sampled single path per step,
+  optionally FLOPs-bin sampling (Sec. 4, "uniform in FLOPs": 7 bins, rejection, give up
+  after 500 tries); only the sampled path's weights move.
+- Sec. 3.3: channel-number search (mid channels scaled 0.2..2.0, sliced from one weight
+  tensor), off by default as in the official code.
+- Sec. 3.4, Alg. 1: BN recalibration, then evolutionary search under FLOPs/params
+  budgets; a random search with the same number of evaluations (Sec. 4, Fig. 5).
+- Sec. 4.2 (ranking): Kendall tau between inherited and stand-alone accuracy.
+
+Left out: mixed-precision quantization search (Sec. 3.3) and multi-GPU training. BN
+recalibration averages batch statistics exactly instead of the official momentum 0.1.
+Figures live in :mod:`nas_tutorial.spos_viz`.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DeviceLoader, load, resolve_device, split
+from .training import _progress, autocast
+
+CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception")  # index = choice
+PUBLISHED_PATH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)  # Table 3
+CHANNEL_SCALES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)  # Sec. 3.3
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """The shape of a ShuffleNetV2 supernet (paper Sec. 4, Table 1)."""
+
+    name: str
+    stage_repeats: tuple = (4, 4, 8, 4)      # choice layers per stage (20 in all)
+    stage_channels: tuple = (64, 160, 320, 640)  # block output channels per stage
+    stem_channels: int = 16                  # 3x3 stem conv
+    stem_stride: int = 2                     # 2 at 224x224 (ImageNet), 1 for small images
+    last_channels: int = 1024                # 1x1 conv before global pooling
+    in_channels: int = 3                     # image channels
+    image_size: int = 224                    # input side in pixels (FLOPs depend on it)
+    num_classes: int = 1000
+    dropout: float = 0.1                     # before the bias-free classifier (official)
+    channel_scales: tuple = (1.0,)           # mid-channel scales; CHANNEL_SCALES = Sec. 3.3
+    flops_bins: tuple | None = None          # bin edges in MFLOPs; None = 7 equal bins
+
+    @property
+    def num_layers(self) -> int:
+        return sum(self.stage_repeats)
+
+    @property
+    def num_choices(self) -> int:
+        """Per layer: 4 blocks, times the channel scales when channel search is on."""
+        return len(CHOICES) * len(self.channel_scales)
+
+
+IMAGENET = SupernetConfig(
+    "imagenet", flops_bins=(290, 300, 310, 320, 330, 340, 350, 360))  # Sec. 4 bins
+CIFAR = replace(IMAGENET, name="cifar", stem_stride=1, image_size=32, num_classes=10,
+                flops_bins=None)
+QUICK = SupernetConfig("quick", stage_repeats=(2, 2, 2), stage_channels=(32, 64, 128),
+                       stem_channels=16, stem_stride=1, last_channels=256, in_channels=1,
+                       image_size=16, num_classes=10)
+
+
+class PathError(ValueError):
+    """A path that does not fit the supernet, or a budget no path can meet."""
+
+
+def check_path(path, config: SupernetConfig) -> tuple:
+    """``path`` as a tuple of ints; raises :class:`PathError` when it does not fit."""
+    path = tuple(int(c) for c in path)
+    if len(path) != config.num_layers or not all(0 <= c < config.num_choices for c in path):
+        raise PathError(f"a path needs {config.num_layers} choices in 0..{config.num_choices - 1}"
+                        f", got {path}")
+    return path
+
+
+def decode(choice: int, config: SupernetConfig) -> tuple:
+    """Choice index -> (block index into CHOICES, mid-channel scale)."""
+    n = len(config.channel_scales)
+    return choice // n, config.channel_scales[choice % n]
+
+
+# -- the blocks and the network (official ``blocks.py`` / ``network.py``) -----------------
+def _bn_slice(bn: nn.BatchNorm2d, x):
+    """BN over the first ``x.shape[1]`` channels of a wider BN (channel search)."""
+    n = x.shape[1]
+    w = bn.weight[:n] if bn.affine else None
+    b = bn.bias[:n] if bn.affine else None
+    return F.batch_norm(x, bn.running_mean[:n], bn.running_var[:n], w, b, bn.training,
+                        bn.momentum if bn.momentum is not None else 0.1, bn.eps)
+
+
+class ChoiceBlock(nn.Module):
+    """A ShuffleNetV2 unit with a kxk depthwise conv, or its Xception variant (3 x dw3x3).
+
+    At stride 1 the input is split in half (channel shuffle): one half passes, the other
+    goes through the main branch; at stride 2 a projection branch (dw kxk, 1x1) replaces
+    the split. ``inp`` is what the main branch sees, ``mid`` its hidden width (output/2
+    at scale 1.0); ``mid`` of the forward slices a wider block (channel search).
+    """
+
+    def __init__(self, inp, oup, mid, stride, kernel, xception=False, affine=True):
+        super().__init__()
+        self.stride, self.mid = stride, mid
+        out = oup - inp
+        if out <= 0 or inp % 2:
+            raise ValueError(f"a block needs more output ({oup}) than input ({inp}) channels "
+                             "and even channel counts")
+
+        def conv(ci, co, k, s=1, dw=False, slim=False):
+            c = nn.Conv2d(ci, co, k, s, k // 2, groups=ci if dw else 1, bias=False)
+            c.slim = slim and not dw  # its output is `mid` wide: sliced in channel search
+            return c
+
+        def bn(c):
+            return nn.BatchNorm2d(c, affine=affine)
+
+        relu = nn.ReLU(inplace=True)
+        if xception:  # Fig. 2(c), ``Shuffle_Xception``: dw-pw-dw-pw-dw-pw
+            main = [conv(inp, inp, 3, stride, dw=True), bn(inp), conv(inp, mid, 1, slim=True),
+                    bn(mid), relu, conv(mid, mid, 3, dw=True), bn(mid),
+                    conv(mid, mid, 1, slim=True), bn(mid), relu, conv(mid, mid, 3, dw=True),
+                    bn(mid), conv(mid, out, 1), bn(out), relu]
+        else:  # Fig. 2(a,b), ``Shufflenet``: pw-dw(k)-pw
+            main = [conv(inp, mid, 1, slim=True), bn(mid), relu,
+                    conv(mid, mid, kernel, stride, dw=True), bn(mid), conv(mid, out, 1), bn(out),
+                    relu]
+        self.main = nn.Sequential(*main)
+        self.proj = None
+        if stride == 2:
+            k = 3 if xception else kernel
+            self.proj = nn.Sequential(conv(inp, inp, k, stride, dw=True), bn(inp),
+                                      conv(inp, inp, 1), bn(inp), relu)
+
+    def _sliced_main(self, x, mid):
+        for m in self.main:
+            if isinstance(m, nn.Conv2d):
+                cin, w = x.shape[1], m.weight
+                w, groups = (w[:cin], cin) if m.groups > 1 else (w[:, :cin], 1)
+                w = w[:mid] if m.slim else w
+                x = F.conv2d(x, w, None, m.stride, m.padding, 1, groups)
+            elif isinstance(m, nn.BatchNorm2d) and x.shape[1] != m.num_features:
+                x = _bn_slice(m, x)
+            else:
+                x = m(x)
+        return x
+
+    def forward(self, x, mid=None):
+        if self.stride == 1:
+            x_proj, x = channel_shuffle(x)
+        else:
+            x_proj = self.proj(x)
+        x = self.main(x) if mid in (None, self.mid) else self._sliced_main(x, mid)
+        return torch.cat((x_proj, x), 1)
+
+
+def channel_shuffle(x):
+    """Even channels to the first half, odd to the second (official ``channel_shuffle``)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)
+    return x[0], x[1]  # (B, C/2, H, W) each
+
+
+def _mid(oup: int, scale: float) -> int:
+    return max(1, int(oup // 2 * scale))
+
+
+class Supernet(nn.Module):
+    """The one-shot supernet, or with ``path`` the stand-alone network of that path.
+
+    Supernet BN is non-affine (official supernet); a stand-alone network has affine BN and
+    only the blocks of its path. ``forward(x, path)``: ``path`` selects one choice per layer;
+    a stand-alone network takes no path (or its own).
+    """
+
+    def __init__(self, config: SupernetConfig = QUICK, path=None):
+        super().__init__()
+        self.config = config
+        self.path = None if path is None else check_path(path, config)
+        affine = path is not None
+        c = config
+        self.stem = nn.Sequential(
+            nn.Conv2d(c.in_channels, c.stem_channels, 3, c.stem_stride, 1, bias=False),
+            nn.BatchNorm2d(c.stem_channels, affine=affine), nn.ReLU(inplace=True))
+        self.layers = nn.ModuleList()
+        self.widths = []  # output channels of each choice layer
+        cin, i = c.stem_channels, 0
+        for repeats, oup in zip(c.stage_repeats, c.stage_channels):
+            for r in range(repeats):
+                stride, inp = (2, cin) if r == 0 else (1, cin // 2)
+                if path is None:  # every block at the widest mid (sliced when narrower)
+                    mid = _mid(oup, max(c.channel_scales))
+                    blocks = [_block(b, inp, oup, mid, stride, affine) for b in range(4)]
+                else:
+                    b, scale = decode(self.path[i], c)
+                    blocks = [_block(b, inp, oup, _mid(oup, scale), stride, affine)]
+                self.layers.append(nn.ModuleList(blocks))
+                self.widths.append(oup)
+                cin, i = oup, i + 1
+        self.head = nn.Sequential(
+            nn.Conv2d(cin, c.last_channels, 1, bias=False),
+            nn.BatchNorm2d(c.last_channels, affine=affine), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(c.dropout),
+            nn.Linear(c.last_channels, c.num_classes, bias=False))
+        _init_weights(self)
+
+    def forward(self, x, path=None):
+        if self.path is not None:  # a stand-alone network
+            if path is not None and tuple(path) != self.path:
+                raise PathError(f"this network is the path {self.path}, not {tuple(path)}")
+            path = self.path
+        elif path is None:
+            raise PathError("the supernet needs a path: model(x, path)")
+        else:
+            path = check_path(path, self.config)
+        x = self.stem(x)  # (B, C_stem, H', W')
+        for layer, choice, width in zip(self.layers, path, self.widths):
+            b, scale = decode(choice, self.config)
+            block = layer[0] if self.path is not None else layer[b]
+            x = block(x, _mid(width, scale))  # (B, width, H_i, W_i)
+        return self.head(x)  # (B, num_classes)
+
+    def path_bns(self, path) -> list:
+        """The BN layers that ``path`` runs through (all others keep their statistics)."""
+        path = self.path or check_path(path, self.config)
+        blocks = [layer[0] if self.path is not None else layer[decode(c, self.config)[0]]
+                  for layer, c in zip(self.layers, path)]
+        return [m for part in [self.stem, *blocks, self.head] for m in part.modules()
+                if isinstance(m, nn.BatchNorm2d)]
+
+    def __repr__(self) -> str:
+        kind = f"path {self.path}" if self.path is not None else "supernet"
+        return (f"Supernet({self.config.name}, {kind}, {self.config.num_layers} layers x "
+                f"{self.config.num_choices} choices, {sum(p.numel() for p in self.parameters()):,}"
+                f" params)")
+
+
+def _block(b, inp, oup, mid, stride, affine):
+    kernel = (3, 5, 7, 3)[b]
+    return ChoiceBlock(inp, oup, mid, stride, kernel, xception=b == 3, affine=affine)
+
+
+def _init_weights(model):
+    """Official ``_initialize_weights``: convs N(0, 1/fan_in_channels), stem and classifier
+    N(0, 0.01), BN bias 1e-4."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            std = 0.01 if name.startswith("stem") else 1.0 / m.weight.shape[1]
+            nn.init.normal_(m.weight, 0, std)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 1e-4)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+
+
+def standalone(supernet: Supernet, path) -> Supernet:
+    """The stand-alone network of ``path`` with weights and BN statistics inherited from
+    ``supernet`` (sliced to the path's widths); affine BN starts at weight 1, bias 0."""
+    path = check_path(path, supernet.config)
+    net = Supernet(supernet.config, path).to(next(supernet.parameters()).device)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.zeros_(m.bias)
+    src = dict(supernet.named_parameters()) | dict(supernet.named_buffers())
+    with torch.no_grad():
+        for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+            parts = name.split(".")
+            if parts[0] == "layers":
+                parts[2] = str(decode(path[int(parts[1])], supernet.config)[0])
+            s = src.get(".".join(parts))
+            if s is not None:
+                t.copy_(s[tuple(slice(0, n) for n in t.shape)])
+    return net.eval()
+
+
+# -- FLOPs and params by lookup table (official ``flops.py``) -----------------------------
+def _measure(module, x):
+    """Multiply-adds and weights of convs and linears (the paper's rule), on meta."""
+    macs = []
+
+    def hook(m, inp, out):
+        k = m.weight[0].numel()  # (C_in/groups) * kh * kw, or in_features
+        macs.append(out[0].numel() * k)
+
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(hook) for m in layers]
+    out = module.eval()(x)  # eval: BN accepts a 1x1 map of one image
+    for h in hooks:
+        h.remove()
+    return sum(macs), sum(m.weight.numel() for m in layers), out
+
+
+@functools.lru_cache(maxsize=16)
+def lookup_table(config: SupernetConfig) -> dict:
+    """Per (layer, choice) multiply-adds and params of the stand-alone block, plus the
+    fixed stem+head cost; built once per config on the meta device (no compute)."""
+    c = config
+    with torch.device("meta"):
+        x = torch.zeros(1, c.in_channels, c.image_size, c.image_size)
+        fixed_f, fixed_p, x = _measure(nn.Sequential(
+            nn.Conv2d(c.in_channels, c.stem_channels, 3, c.stem_stride, 1, bias=False),
+            nn.BatchNorm2d(c.stem_channels)), x)
+        flops, params, cin = [], [], c.stem_channels
+        for repeats, oup in zip(c.stage_repeats, c.stage_channels):
+            for r in range(repeats):
+                stride, inp = (2, cin) if r == 0 else (1, cin // 2)
+                row = [_measure(_block(decode(ch, c)[0], inp, oup,
+                                       _mid(oup, decode(ch, c)[1]), stride, True), x)
+                       for ch in range(c.num_choices)]
+                flops.append(tuple(m[0] for m in row))
+                params.append(tuple(m[1] for m in row))
+                x, cin = row[0][2], oup
+        head_f, head_p, _ = _measure(nn.Sequential(
+            nn.Conv2d(cin, c.last_channels, 1, bias=False), nn.BatchNorm2d(c.last_channels),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(c.last_channels, c.num_classes, bias=False)), x)
+    return {"flops": tuple(flops), "params": tuple(params),
+            "fixed_flops": fixed_f + head_f, "fixed_params": fixed_p + head_p}
+
+
+def count_flops(path, config: SupernetConfig = IMAGENET) -> int:
+    """Multiply-adds (conv + linear, Sec. 4) of the path's network on one image."""
+    t = lookup_table(config)
+    return t["fixed_flops"] + sum(row[c] for row, c in zip(t["flops"], check_path(path, config)))
+
+
+def count_params(path, config: SupernetConfig = IMAGENET) -> int:
+    """Conv and linear weights of the path's stand-alone network, the rule of the FLOPs
+    count; the published path gives 3.53M ("3.5M"). Affine BN would add 29k (3.56M)."""
+    t = lookup_table(config)
+    return t["fixed_params"] + sum(row[c] for row, c in
+                                   zip(t["params"], check_path(path, config)))
+
+
+def space_range(config: SupernetConfig) -> dict:
+    """Smallest and largest FLOPs and params (in millions) over every path."""
+    t = lookup_table(config)
+    out = {}
+    for key in ("flops", "params"):
+        lo = t[f"fixed_{key}"] + sum(min(r) for r in t[key])
+        hi = t[f"fixed_{key}"] + sum(max(r) for r in t[key])
+        out[key] = (lo / 1e6, hi / 1e6)
+    return out
+
+
+def check_budget(config: SupernetConfig, flops_limit=None, params_limit=None) -> None:
+    """Raise :class:`PathError` when no path meets the budgets (in millions)."""
+    rng = space_range(config)
+    for key, limit in (("flops", flops_limit), ("params", params_limit)):
+        if limit is not None and limit < rng[key][0]:
+            raise PathError(f"{key} limit {limit:g}M is below the smallest path of the "
+                            f"'{config.name}' space ({rng[key][0]:.3f}M; largest "
+                            f"{rng[key][1]:.3f}M)")
+
+
+def within_budget(path, config, flops_limit=None, params_limit=None) -> bool:
+    return ((flops_limit is None or count_flops(path, config) <= flops_limit * 1e6)
+            and (params_limit is None or count_params(path, config) <= params_limit * 1e6))
+
+
+# -- sampling ------------------------------------------------------------------------------
+def random_path(config: SupernetConfig, rng: random.Random) -> tuple:
+    """One choice per layer, uniformly (Sec. 3.2, Eq. 7)."""
+    return tuple(rng.randrange(config.num_choices) for _ in range(config.num_layers))
+
+
+def flops_bins(config: SupernetConfig) -> tuple:
+    """Bin edges in MFLOPs: the paper's at ImageNet, else 7 equal bins over the space."""
+    if config.flops_bins is not None:
+        return config.flops_bins
+    lo, hi = space_range(config)["flops"]
+    return tuple(lo + (hi - lo) * k / 7 for k in range(8))
+
+
+def sample_path(config: SupernetConfig, rng: random.Random, uniform_flops: bool = False,
+                tries: int = 500) -> tuple:
+    """A uniform path, or (``uniform_flops``) a bin first, then rejection sampling inside
+    it, falling back to a uniform path after ``tries`` misses (official
+    ``get_uniform_sample_cand``)."""
+    if not uniform_flops:
+        return random_path(config, rng)
+    edges = flops_bins(config)
+    k = rng.randrange(len(edges) - 1)
+    lo, hi = edges[k] * 1e6, edges[k + 1] * 1e6
+    for _ in range(tries):
+        path = random_path(config, rng)
+        if lo <= count_flops(path, config) <= hi:
+            return path
+    return random_path(config, rng)
+
+
+# -- run settings ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SPOSConfig:
+    """Supernet training and search settings (official ``train.py`` / ``search.py``)."""
+
+    name: str
+    supernet: SupernetConfig
+    dataset: str                   # nas_tutorial.data name
+    image_size: int | None         # resize for offline data (digits)
+    valid_fraction: float          # training images held out for fitness (official: 50k)
+    epochs: int                    # supernet epochs (official: 150k steps of 1024)
+    batch_size: int                # images per step
+    lr: float                      # SGD lr, decayed linearly to 0 per step (official 0.5@1024)
+    momentum: float = 0.9
+    weight_decay: float = 4e-5     # on weights with more than one dimension only
+    label_smoothing: float = 0.1   # official ImageNet setting
+    uniform_flops: bool = False    # FLOPs-bin sampling (Sec. 4) instead of uniform paths
+    amp: bool = True               # bf16 autocast on CUDA
+    recal_batches: int = 200       # BN recalibration batches (official 200 of 128)
+    recal_batch_size: int = 128
+    valid_images: int | None = None  # cap on held-out images per fitness (None = all)
+    population: int = 50           # Sec. 3.4 / official search.py
+    generations: int = 20
+    topk: int = 10                 # parents for mutation and crossover
+    n_mutation: int = 25           # children by mutation per generation
+    n_crossover: int = 25          # children by crossover per generation
+    mutation_prob: float = 0.1     # per-layer re-sampling probability
+    flops_limit: float | None = 330.0  # MFLOPs (official 330M at 224x224)
+    params_limit: float | None = None  # millions of weights
+    ranking_paths: int = 10        # paths trained stand-alone for Kendall tau
+    ranking_epochs: int = 10       # stand-alone epochs per path ("briefly")
+    seed: int = 0
+
+
+PRESETS = {
+    # About a minute on 2 CPU cores: 6 layers (4,096 paths) on 16x16 digits; 540 steps.
+    "quick": SPOSConfig(
+        name="quick", supernet=QUICK, dataset="digits", image_size=16, valid_fraction=0.2,
+        epochs=30, batch_size=64, lr=0.1, recal_batches=2, recal_batch_size=128,
+        valid_images=300, population=12, generations=5, topk=4, n_mutation=6, n_crossover=6,
+        flops_limit=0.68, ranking_paths=4, ranking_epochs=4),
+    # A GPU run on CIFAR-10: the paper's 20-layer supernet with a stride-1 stem; lr scaled
+    # linearly from 0.5 at batch 1024; the budget at the paper's place in the FLOPs range.
+    "full": SPOSConfig(
+        name="full", supernet=CIFAR, dataset="cifar10", image_size=None, valid_fraction=0.1,
+        epochs=120, batch_size=256, lr=0.125, valid_images=None, flops_limit=27.0,
+        ranking_paths=10, ranking_epochs=30),
+}
+
+
+def get_config(preset: str | None = None, **overrides) -> SPOSConfig:
+    """The SPOS settings of the preset ``nt.get_preset`` would choose, with overrides."""
+    from .config import preset_name
+
+    return replace(PRESETS[preset_name(preset)], **overrides)
+
+
+def load_data(cfg: SPOSConfig, device="auto"):
+    """(supernet-train, held-out) splits of the training set, on ``device``."""
+    ds = load(cfg.dataset, train=True, size=cfg.image_size, device=resolve_device(device))
+    if ds.shape != (cfg.supernet.in_channels, cfg.supernet.image_size, cfg.supernet.image_size):
+        raise ValueError(f"{cfg.dataset} images are {ds.shape}, the supernet expects "
+                         f"{cfg.supernet.in_channels}x{cfg.supernet.image_size}^2")
+    train_ds, valid_ds = split(ds, 1 - cfg.valid_fraction, seed=0)
+    if cfg.valid_images is not None:
+        valid_ds = valid_ds.subset(slice(0, cfg.valid_images))
+    return train_ds, valid_ds
+
+
+def _atomic_save(obj, path: Path, as_json=False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if as_json:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)  # an interrupt leaves the previous checkpoint whole
+
+
+# -- supernet training (Sec. 3.2) -------------------------------------------------------------
+def make_optimizer(supernet: nn.Module, cfg: SPOSConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on weights with more than one dimension only
+    (official ``get_parameters``: no decay on BN and biases)."""
+    decay = [p for p in supernet.parameters() if p.ndim > 1]
+    no_decay = [p for p in supernet.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum)
+
+
+def train_step(supernet, optimizer, x, y, path, cfg: SPOSConfig):
+    """One step on one path (Eq. 8). Grads are set to None, not zero: blocks off the path
+    get no gradient, and SGD then skips them, momentum and weight decay included."""
+    with autocast(x.device, cfg.amp):
+        logits = supernet(x, path)  # (B, num_classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
+                   checkpoint=None, progress=True, callback=None) -> dict:
+    """Train ``supernet`` by single-path uniform sampling; returns the per-epoch history.
+
+    Each step samples one path and back-propagates through it alone: unsampled blocks are
+    not in the graph, their ``.grad`` stays None, and ``torch.optim.SGD`` skips parameters
+    without a gradient, so neither momentum nor weight decay moves them (the official code
+    zeroes grads instead, which lets both leak into unsampled blocks). ``checkpoint`` (a
+    file) is written after every epoch and resumed from when it exists.
+    """
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    supernet.to(device)
+    if cuda:
+        supernet.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(supernet, cfg)
+    loader = DeviceLoader(train_ds.to(device), cfg.batch_size, train=True, seed=cfg.seed,
+                          channels_last=cuda)
+    total = cfg.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    history = {"epoch": [], "train_loss": [], "train_acc": [], "seconds": []}
+    start = 0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{checkpoint} was written with other settings; use a new folder")
+        supernet.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if cuda and state.get("cuda_rng") is not None:  # dropout draws on the device
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history, start = state["history"], state["epoch"]
+    bar = _progress(total, "supernet", progress)
+    bar.update(start * len(loader))
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        supernet.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for x, y in loader:
+            path = sample_path(cfg.supernet, rng, cfg.uniform_flops)
+            loss, logits = train_step(supernet, optimizer, x, y, path, cfg)
+            scheduler.step()
+            loss_sum += loss.detach().float() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            bar.update(1)
+        seen = len(loader) * loader.batch_size
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(loss_sum.item() / seen)  # one sync per epoch
+        history["train_acc"].append(correct.item() / seen)
+        history["seconds"].append(time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}",
+                        acc=f"{history['train_acc'][-1]:.3f}")
+        if checkpoint is not None:
+            _atomic_save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
+                          "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                          "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
+                          "history": history, "epoch": epoch + 1, "config": asdict(cfg)},
+                         checkpoint)
+        if callback is not None:
+            callback(history)
+    bar.close()
+    supernet.eval()
+    return history
+
+
+# -- BN recalibration and fitness (Sec. 3.4) ----------------------------------------------------
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, path, batches) -> None:
+    """Reset the path's BN running statistics and re-estimate them with forward
+    passes in train mode. During training the running statistics averaged over all sampled
+    paths; one path's features have statistics of their own. Momentum
+    1/(k+1) at batch k makes the running values the exact mean over the batches."""
+    bns = model.path_bns(path) if hasattr(model, "path_bns") else [
+        m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+    model.train()
+    for k, x in enumerate(batches):
+        for m in bns:
+            m.momentum = 1.0 / (k + 1)
+        model(x, path)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+
+
+class PathEvaluator:
+    """Fitness of a path: accuracy on the held-out images with weights inherited from the
+    supernet, after BN recalibration (``recalibrate=False`` keeps the statistics the
+    supernet had after training). The batches are drawn once and live on the device;
+    fitness is cached per path, so a widget can re-run a search cheaply."""
+
+    def __init__(self, supernet: Supernet, train_ds, valid_ds, recal_batches: int = 200,
+                 recal_batch_size: int = 128, recalibrate: bool = True, amp: bool = True,
+                 seed: int = 0):
+        self.model = supernet.eval()
+        self.device = next(supernet.parameters()).device
+        self.recalibrate, self.amp = recalibrate, amp
+        cl = self.device.type == "cuda"
+        loader = DeviceLoader(train_ds.to(self.device), recal_batch_size, train=True,
+                              seed=seed, channels_last=cl)
+        self.recal = []
+        while len(self.recal) < recal_batches:  # epochs of the loader, as many as needed
+            self.recal += [x for x, _ in itertools.islice(loader, recal_batches - len(self.recal))]
+        self.valid = list(DeviceLoader(valid_ds.to(self.device), 1024, train=False,
+                                       channels_last=cl))
+        self.n_valid = len(valid_ds)
+        self.trained_bn = {k: v.clone() for k, v in supernet.state_dict().items()
+                           if "running" in k or "num_batches" in k}
+        self.cache = {}
+
+    @torch.no_grad()
+    def accuracy(self, path, recalibrate: bool | None = None) -> float:
+        path = check_path(path, self.model.config)
+        recalibrate = self.recalibrate if recalibrate is None else recalibrate
+        if recalibrate:
+            with autocast(self.device, self.amp):
+                recalibrate_bn(self.model, path, self.recal)
+        else:
+            self.model.load_state_dict(self.trained_bn, strict=False)
+        self.model.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for x, y in self.valid:
+            with autocast(self.device, self.amp):
+                correct += (self.model(x, path).argmax(1) == y).sum()
+        return correct.item() / self.n_valid  # one sync per path
+
+    def __call__(self, path) -> float:
+        path = tuple(path)
+        if path not in self.cache:
+            self.cache[path] = self.accuracy(path)
+        return self.cache[path]
+
+
+# -- evolutionary and random search (Sec. 3.4, Alg. 1) -----------------------------------------
+@dataclass
+class SearchResult:
+    """Every evaluated path, in order: dicts with path, fitness, flops, params (raw counts),
+    generation and origin (random / mutation / crossover)."""
+
+    method: str
+    evaluated: list = field(default_factory=list)
+
+    @property
+    def best(self) -> dict:
+        return min(self.evaluated, key=_rank_key)
+
+    def best_per_generation(self) -> list:
+        """(evaluations so far, best fitness so far) at the end of each generation."""
+        out, best, n = [], -math.inf, 0
+        for g in sorted({e["generation"] for e in self.evaluated}):
+            gen = [e["fitness"] for e in self.evaluated if e["generation"] == g]
+            n, best = n + len(gen), max([best] + gen)
+            out.append((n, best))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "evaluated": self.evaluated}
+
+    def __repr__(self) -> str:
+        if not self.evaluated:
+            return f"SearchResult({self.method}, empty)"
+        b = self.best
+        return (f"SearchResult({self.method}, {len(self.evaluated)} paths, best {tuple(b['path'])}"
+                f" fitness {b['fitness']:.4f}, {b['flops'] / 1e6:.3f}M FLOPs)")
+
+
+def _rank_key(e):  # higher fitness first; ties to the cheaper path, then by path (stable)
+    return (-e["fitness"], e["flops"], tuple(e["path"]))
+
+
+def mutate(parents, n, prob, config, rng, legal) -> list:
+    """Up to ``n`` children: a random parent with each layer re-sampled with probability
+    ``prob``; ``legal(path)`` rejects duplicates and over-budget paths (official
+    ``get_mutation``: at most 10n tries)."""
+    out = []
+    for _ in range(10 * n):
+        if len(out) == n or not parents:
+            break
+        parent = rng.choice(parents)
+        child = tuple(rng.randrange(config.num_choices) if rng.random() < prob else c
+                      for c in parent)
+        if legal(child):
+            out.append(child)
+    return out
+
+
+def crossover(parents, n, config, rng, legal) -> list:
+    """Up to ``n`` children, each gene from one of two random parents (``get_crossover``)."""
+    out = []
+    for _ in range(10 * n):
+        if len(out) == n or not parents:
+            break
+        a, b = rng.choice(parents), rng.choice(parents)
+        child = tuple(rng.choice((x, y)) for x, y in zip(a, b))
+        if legal(child):
+            out.append(child)
+    return out
+
+
+def random_fill(n, config, rng, legal, tries_per_path: int = 100) -> list:
+    """Up to ``n`` random legal paths (``get_random``), giving up after 100 tries each."""
+    out = []
+    for _ in range(tries_per_path * n):
+        if len(out) == n:
+            break
+        child = random_path(config, rng)
+        if legal(child):
+            out.append(child)
+    return out
+
+
+def _search(method, propose, evaluate, config, generations, flops_limit, params_limit, seed,
+            settings, checkpoint, progress, callback) -> SearchResult:
+    """The loop both searches share: propose a generation, evaluate it, checkpoint."""
+    check_budget(config, flops_limit, params_limit)
+    rng = random.Random(seed)
+    result, start = SearchResult(method), 0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    settings = {"method": method, "config": asdict(config), "flops_limit": flops_limit,
+                "params_limit": params_limit, "seed": seed, **settings}
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back from disk
+    if checkpoint is not None and checkpoint.exists():
+        state = json.loads(checkpoint.read_text())
+        if state["settings"] != settings:
+            raise ValueError(f"{checkpoint} was written with other settings; use a new folder")
+        result.evaluated, start = state["evaluated"], state["generation"]
+        v, s, g = state["rng"]
+        rng.setstate((v, tuple(s), g))
+    seen = {tuple(e["path"]) for e in result.evaluated}
+
+    def legal(path):
+        if path in seen or not within_budget(path, config, flops_limit, params_limit):
+            return False
+        seen.add(path)  # a child proposed twice in one generation is a duplicate too
+        return True
+
+    bar = _progress(generations, method, progress)
+    bar.update(start)
+    for gen in range(start, generations):
+        top = [tuple(e["path"]) for e in sorted(result.evaluated, key=_rank_key)]
+        for path, origin in propose(gen, top, rng, legal):
+            result.evaluated.append({"path": list(path), "fitness": evaluate(path),
+                                     "flops": count_flops(path, config),
+                                     "params": count_params(path, config),
+                                     "generation": gen, "origin": origin})
+        if checkpoint is not None:
+            _atomic_save({"settings": settings, "generation": gen + 1,
+                          "evaluated": result.evaluated, "rng": list(rng.getstate())},
+                         checkpoint, as_json=True)
+        if result.evaluated:
+            bar.set_postfix(best=f"{result.best['fitness']:.4f}", n=len(result.evaluated))
+        bar.update(1)
+        if callback is not None:
+            callback(gen, result)
+    bar.close()
+    return result
+
+
+def evolution_search(evaluate, config: SupernetConfig, population=50, generations=20,
+                     topk=10, n_mutation=25, n_crossover=25, mutation_prob=0.1,
+                     flops_limit=None, params_limit=None, seed=0, checkpoint=None,
+                     progress=True, callback=None) -> SearchResult:
+    """Alg. 1 / official ``search.py``: a random first population; then per generation
+    ``n_mutation`` children by mutation and ``n_crossover`` by crossover of the top-k paths
+    evaluated so far, filled to ``population`` with random paths. Duplicates and paths over
+    the budgets (MFLOPs, millions of params) are rejected. ``evaluate(path) -> fitness``."""
+    def propose(gen, ranked, rng, legal):
+        kids = []
+        if gen > 0:
+            top = ranked[:topk]
+            kids += [(p, "mutation") for p in mutate(top, n_mutation, mutation_prob, config,
+                                                     rng, legal)]
+            kids += [(p, "crossover") for p in crossover(top, n_crossover, config, rng, legal)]
+        return kids + [(p, "random") for p in random_fill(population - len(kids), config,
+                                                          rng, legal)]
+
+    settings = dict(population=population, topk=topk, n_mutation=n_mutation,
+                    n_crossover=n_crossover, mutation_prob=mutation_prob, generations=generations)
+    return _search("evolution", propose, evaluate, config, generations, flops_limit,
+                   params_limit, seed, settings, checkpoint, progress, callback)
+
+
+def random_search(evaluate, config: SupernetConfig, sizes, flops_limit=None, params_limit=None,
+                  seed=0, checkpoint=None, progress=True, callback=None) -> SearchResult:
+    """The paper's baseline: ``sizes[g]`` new random legal paths in "generation" g, so it
+    evaluates as many paths as the evolution it is compared with (pass the evolution's
+    per-generation counts, see :func:`generation_sizes`)."""
+    sizes = [int(s) for s in ([sizes] if isinstance(sizes, int) else sizes)]
+
+    def propose(gen, ranked, rng, legal):
+        return [(p, "random") for p in random_fill(sizes[gen], config, rng, legal)]
+
+    return _search("random", propose, evaluate, config, len(sizes), flops_limit, params_limit,
+                   seed, {"sizes": sizes}, checkpoint, progress, callback)
+
+
+def generation_sizes(result: SearchResult) -> list:
+    """Paths evaluated per generation, for an equal-budget :func:`random_search`."""
+    gens = [e["generation"] for e in result.evaluated]
+    return [gens.count(g) for g in range(max(gens) + 1)] if gens else []
+
+
+# -- ranking quality (Sec. 4.2) ----------------------------------------------------------------
+def ranking_quality(evaluator: PathEvaluator, paths, train_ds, valid_ds, cfg: SPOSConfig,
+                    device="auto", progress=True) -> dict:
+    """Train each path stand-alone for ``cfg.ranking_epochs`` and compare with its inherited
+    fitness: Kendall tau (scipy) of the two accuracy lists."""
+    from scipy.stats import kendalltau
+
+    from .config import TrainConfig
+    from .training import train
+
+    tc = TrainConfig(epochs=cfg.ranking_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                     momentum=cfg.momentum, weight_decay=cfg.weight_decay, drop_path=0.0,
+                     cutout=0, label_smoothing=cfg.label_smoothing, seed=cfg.seed, amp=cfg.amp)
+    inherited, alone = [], []
+    for path in paths:
+        inherited.append(evaluator(path))
+        torch.manual_seed(cfg.seed)
+        net = Supernet(cfg.supernet, path)
+        hist = train(net, train_ds, tc, valid=valid_ds, device=device, progress=progress)
+        alone.append(hist.valid_acc[-1])
+    tau, p = kendalltau(inherited, alone)
+    return {"paths": [list(p_) for p_ in paths], "inherited": inherited, "standalone": alone,
+            "tau": float(tau), "p_value": float(p)}
+
+
+# -- the command line: ``nas-tutorial search spos`` ---------------------------------------------
+def cli_search(preset=None, flops_limit=None, params_limit=None, population=None,
+               generations=None, seed=0, out=None, resume=None, device="auto",
+               progress=True) -> dict:
+    """Train the supernet, run evolution and an equal-budget random search, and write
+    the best path, every evaluated path and the figures into the run folder."""
+    from . import spos_viz
+    from .viz import save_html, save_svg
+
+    base = get_config(preset)
+    over = {k: v for k, v in dict(flops_limit=flops_limit, params_limit=params_limit,
+                                  population=population, generations=generations).items()
+            if v is not None}
+    cfg = replace(base, seed=seed, **over)
+    check_budget(cfg.supernet, cfg.flops_limit, cfg.params_limit)  # before any training
+    run_dir = Path(resume or out or f"runs/spos-{cfg.name}-seed{seed}")
+    if resume is not None and not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder to resume at {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    train_ds, valid_ds = load_data(cfg, device)
+    torch.manual_seed(seed)
+    supernet = Supernet(cfg.supernet)
+    history = train_supernet(supernet, train_ds, cfg, device, run_dir / "supernet.pt",
+                             progress=progress)
+    evaluator = PathEvaluator(supernet, train_ds, valid_ds, cfg.recal_batches,
+                              cfg.recal_batch_size, amp=cfg.amp, seed=seed)
+    limits = dict(flops_limit=cfg.flops_limit, params_limit=cfg.params_limit, seed=seed,
+                  progress=progress)
+    evo = evolution_search(evaluator, cfg.supernet, cfg.population, cfg.generations, cfg.topk,
+                           cfg.n_mutation, cfg.n_crossover, cfg.mutation_prob,
+                           checkpoint=run_dir / "evolution.json", **limits)
+    rnd = random_search(evaluator, cfg.supernet, generation_sizes(evo),
+                        checkpoint=run_dir / "random.json", **limits)
+    best = evo.best
+    (run_dir / "best_path.json").write_text(json.dumps(
+        {"path": best["path"], "fitness": best["fitness"], "flops": best["flops"],
+         "params": best["params"], "config": asdict(cfg)}, indent=1) + "\n")
+    (run_dir / "evaluated.json").write_text(json.dumps(
+        {"evolution": evo.evaluated, "random": rnd.evaluated,
+         "supernet_history": history}, indent=1) + "\n")
+    files = {
+        "pareto": save_html(spos_viz.plot_pareto({"evolution": evo, "random": rnd},
+                                                 cfg.flops_limit), run_dir / "pareto.html"),
+        "progress": save_html(spos_viz.plot_search_progress(evo, rnd),
+                              run_dir / "progress.html"),
+        "path": save_svg(spos_viz.draw_path(best["path"], cfg.supernet), run_dir / "path.svg"),
+    }
+    result = (f"{tuple(best['path'])} fitness {best['fitness']:.4f}, "
+              f"{best['flops'] / 1e6:.3f}M FLOPs, {best['params'] / 1e6:.3f}M params")
+    return {"run_dir": run_dir, "result": result, "files": files}

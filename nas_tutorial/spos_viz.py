@@ -1,0 +1,153 @@
+"""Figures for SPOS (:mod:`nas_tutorial.spos`): Pareto fronts, search progress, the chosen
+path as a chain of blocks, ranking quality and BN recalibration.
+
+Every function returns a plotly figure or a ``graphviz.Digraph`` and writes nothing;
+plotly and graphviz are imported inside the functions.
+"""
+from __future__ import annotations
+
+from .spos import CHOICES, SupernetConfig, decode
+
+# One colour per block choice (Shuffle 3x3 .. Xception), shared by every figure.
+CHOICE_COLORS = {"shuffle_3x3": "#66ccee", "shuffle_5x5": "#4477aa", "shuffle_7x7": "#aa3377",
+                 "xception": "#ccbb44"}
+METHOD_COLORS = {"evolution": "#ee6677", "random": "#4477aa"}
+
+
+def _label(path) -> str:
+    return "(" + ",".join(str(c) for c in path) + ")"
+
+
+def pareto_front(points) -> list:
+    """Indices of the points (flops, fitness) that no other point beats on both."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -float("inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(results: dict, flops_limit=None, title="accuracy vs FLOPs"):
+    """Every evaluated path (hover: the path, params) and each method's Pareto front."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, res in results.items():
+        ev = res.evaluated if hasattr(res, "evaluated") else res
+        x = [e["flops"] / 1e6 for e in ev]
+        y = [e["fitness"] for e in ev]
+        text = [f"{_label(e['path'])}<br>{e['params'] / 1e6:.3f}M params, gen {e['generation']}"
+                f" ({e['origin']})" for e in ev]
+        color = METHOD_COLORS.get(name, None)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=name, text=text,
+                                 hovertemplate="%{text}<br>%{x:.3f} MFLOPs, acc %{y:.3f}",
+                                 marker=dict(size=6, opacity=0.55, color=color)))
+        front = pareto_front(list(zip(x, y)))
+        fig.add_trace(go.Scatter(x=[x[i] for i in front], y=[y[i] for i in front],
+                                 mode="lines+markers", name=f"{name} front", text=[
+                                     text[i] for i in front],
+                                 hovertemplate="%{text}<br>%{x:.3f} MFLOPs, acc %{y:.3f}",
+                                 line=dict(shape="hv", color=color), marker=dict(size=9)))
+    if flops_limit is not None:
+        fig.add_vline(x=flops_limit, line_dash="dash", line_color="#888",
+                      annotation_text="FLOPs limit")
+    fig.update_layout(title=title, xaxis_title="MFLOPs (multiply-adds)",
+                      yaxis_title="supernet accuracy (held-out)", height=380,
+                      margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def plot_search_progress(evolution, random=None, title="best fitness vs evaluations"):
+    """Best fitness so far at the end of each generation; random search at the same
+    numbers of evaluated paths."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, res in (("evolution", evolution), ("random", random)):
+        if res is None:
+            continue
+        pts = res.best_per_generation()
+        fig.add_trace(go.Scatter(x=[n for n, _ in pts], y=[b for _, b in pts],
+                                 mode="lines+markers", name=name,
+                                 line=dict(color=METHOD_COLORS[name])))
+    fig.update_layout(title=title, xaxis_title="paths evaluated",
+                      yaxis_title="best accuracy so far", height=330,
+                      margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def draw_path(path, config: SupernetConfig, title: str | None = None):
+    """The path as a chain of coloured blocks, one row per stage (``/2``: stride 2)."""
+    from .viz import _digraph
+
+    g = _digraph("spos_path")
+    g.attr(rankdir="TB", nodesep="0.15", ranksep="0.3")
+    g.node("stem", f"stem {config.stem_channels}", fillcolor="#d9ead3")
+    prev, i = "stem", 0
+    for s, (repeats, ch) in enumerate(zip(config.stage_repeats, config.stage_channels)):
+        with g.subgraph(name=f"stage{s}") as row:
+            row.attr(rank="same")
+            for r in range(repeats):
+                b, scale = decode(path[i], config)
+                name = CHOICES[b]
+                label = f"{i}: {name.replace('_', ' ')}" + (" /2" if r == 0 else "")
+                if len(config.channel_scales) > 1:
+                    label += f" x{scale:g}"
+                dark = name in ("shuffle_5x5", "shuffle_7x7")
+                row.node(f"l{i}", label, fillcolor=CHOICE_COLORS[name],
+                         fontcolor="white" if dark else "black",
+                         tooltip=f"stage {s}, {ch} channels")
+                prev, i = f"l{i}", i + 1
+    for k in range(i):
+        g.edge("stem" if k == 0 else f"l{k - 1}", f"l{k}")
+    g.node("head", f"conv {config.last_channels}, pool, fc", fillcolor="#fce5cd")
+    g.edge(prev, "head")
+    if title:
+        g.attr(label=title, labelloc="t")
+    return g
+
+
+def plot_ranking(rank: dict, title=None):
+    """Inherited (supernet) vs stand-alone accuracy per path, with Kendall tau."""
+    import plotly.graph_objects as go
+
+    text = [_label(p) for p in rank["paths"]]
+    fig = go.Figure(go.Scatter(x=rank["inherited"], y=rank["standalone"], mode="markers",
+                               text=text, marker=dict(size=10, color="#ee6677"),
+                               hovertemplate="%{text}<br>supernet %{x:.3f}, alone %{y:.3f}"))
+    fig.update_layout(title=title or f"ranking quality: Kendall tau = {rank['tau']:.2f}",
+                      xaxis_title="accuracy with inherited weights (supernet)",
+                      yaxis_title="accuracy trained stand-alone", height=360,
+                      margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def plot_bn_recalibration(paths, off, on, title="BN recalibration"):
+    """Accuracy of the same paths with the supernet's training-time BN statistics (off)
+    and after recalibration (on)."""
+    import plotly.graph_objects as go
+
+    text = [_label(p) for p in paths]
+    fig = go.Figure()
+    for name, ys, color in (("recalibration off", off, "#bbbbbb"),
+                            ("recalibration on", on, "#228833")):
+        fig.add_trace(go.Bar(x=text, y=ys, name=name, marker_color=color))
+    fig.update_layout(title=title, barmode="group", yaxis_title="held-out accuracy",
+                      xaxis_title="path", height=340, margin=dict(l=50, r=20, t=50, b=80))
+    return fig
+
+
+def plot_supernet_history(history: dict, title="supernet training"):
+    """Loss and accuracy per epoch over the sampled paths."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy (sampled paths)"))
+    fig.add_trace(go.Scatter(x=history["epoch"], y=history["train_loss"], name="loss"), 1, 1)
+    fig.add_trace(go.Scatter(x=history["epoch"], y=history["train_acc"], name="acc"), 1, 2)
+    fig.update_layout(title=title, height=300, showlegend=False,
+                      margin=dict(l=40, r=20, t=60, b=40))
+    fig.update_xaxes(title_text="epoch")
+    return fig
