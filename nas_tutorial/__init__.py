@@ -27,6 +27,7 @@ def __getattr__(name):
     # plotly/graphviz stay out of the training path.
     import importlib
 
-    if name in ("viz", "pc_darts", "spos", "pnas", "cli", "runs"):
+    if name in ("viz", "pc_darts", "spos", "spos_viz", "pnas", "pnas_viz", "cli", "runs",
+                "checkpoints", "compare"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nas_tutorial' has no attribute '{name}'")

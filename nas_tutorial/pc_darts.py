@@ -34,8 +34,6 @@ Left out: the ImageNet search (K=2, batch 1024, lr 0.5); multi-GPU; the DARTS RN
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -48,6 +46,7 @@ from .config import preset_name
 from .data import DATASETS, DeviceLoader, load, resolve_device, split
 from .genotypes import Genotype
 from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
+from .checkpoints import save, write_json
 from .training import History, autocast, evaluate
 
 
@@ -497,15 +496,6 @@ def _snapshot(model: SearchNetwork) -> dict:
             "genotype": model.genotype().to_dict()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)  # a Ctrl-C mid-write leaves the previous file whole
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1) + "\n"))
-
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -658,9 +648,9 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                          "train_loader": train_loader.state_dict(),
                          "valid_loader": valid_loader.state_dict(),
                          "rng": torch.get_rng_state(), "history": history.to_dict()}
-                _atomic_write(run_dir / CHECKPOINT, lambda p: torch.save(state, p))
-                _write_json(run_dir / "history.json", history.to_dict())
-                _write_json(run_dir / "genotype.json", snap["genotype"])
+                save(state, run_dir / CHECKPOINT)
+                write_json(run_dir / "history.json", history.to_dict())
+                write_json(run_dir / "genotype.json", snap["genotype"])
             if callback is not None:
                 callback(history)
     model.eval()

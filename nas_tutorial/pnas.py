@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 import warnings
 import zlib
@@ -57,6 +56,7 @@ from .data import load, resolve_device, split
 from .genotypes import Genotype
 from .network import NetworkCIFAR
 from .ops import OPS, PNAS_OPS
+from .checkpoints import write_json
 from .training import evaluate, train
 
 MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
@@ -493,12 +493,6 @@ def _config_dict(config: PNASConfig) -> dict:
     return d
 
 
-def _write_json(path: Path, obj) -> None:
-    # Write then rename: an interrupt (Ctrl-C in a notebook) never leaves half a file.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
 
 def _load_checkpoint(run_dir: Path, config: PNASConfig) -> dict:
     path = run_dir / "checkpoint.json"
@@ -549,7 +543,7 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
                 cache[cell_key(c)] = float(acc)
             result.trained += len(chunk)
             if run_dir is not None:
-                _write_json(run_dir / "checkpoint.json",
+                write_json(run_dir / "checkpoint.json",
                             {"config": _config_dict(config), "children": cache})
             bar.update(len(chunk))
         bar.update(len(cells) - len(todo))
@@ -613,7 +607,7 @@ def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, o
     result = search(config, run_dir=run_dir, resume=resume is not None)
     best = result.best
     result.best_genotype.to_json(run_dir / "best_cell.json", indent=1)
-    _write_json(run_dir / "cells.json", result.to_dict())
+    write_json(run_dir / "cells.json", result.to_dict())
     files = {
         "best": run_dir / "best_cell.json",
         "cells": run_dir / "cells.json",

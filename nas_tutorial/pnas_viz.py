@@ -86,9 +86,9 @@ def plot_efficiency(result):
 def draw_beams(result, max_cells: int = 8):
     """The best cells kept at each level as small drawings: one row per level (b = 1 on
     top), cells side by side, inputs at the top of each cell (graphviz)."""
-    from .viz import _add_cell, _digraph
+    from .viz import add_cell, new_digraph
 
-    g = _digraph("beams")
+    g = new_digraph("beams")
     g.attr(rankdir="TB", nodesep="0.1", ranksep="0.25")
     g.attr("node", fontsize="9", height="0.2")
     g.attr("edge", fontsize="7", penwidth="1.0")
@@ -106,7 +106,7 @@ def draw_beams(result, max_cells: int = 8):
                 pairs = cells[key]
                 with level.subgraph(name=f"cluster_b{b}_{j}") as sub:
                     sub.attr(color="#eeeeee")
-                    _add_cell(sub, pairs, list(range(2, 2 + len(pairs) // 2)),
+                    add_cell(sub, pairs, list(range(2, 2 + len(pairs) // 2)),
                               prefix=f"b{b}_{j}_", title=f"acc {acc[key]:.3f}")
         if previous is not None:  # invisible edges keep the levels in rows, in order
             for j in range(min(len(keys), previous[1])):

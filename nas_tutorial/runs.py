@@ -7,13 +7,13 @@ with the device and the date. Nothing here is imported by the algorithms.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from .checkpoints import write_json
 from .data import default_root
 
 
@@ -46,11 +46,7 @@ def record(kind: str, payload: dict, device="auto", root=None, name: str | None 
         "torch": torch.__version__,
         "payload": payload,
     }
-    path = folder / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(folder / f"{name}.json", summary)
 
 
 def load_runs(kind: str | None = None, root=None) -> list:

@@ -26,7 +26,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DeviceLoader, load, resolve_device, split
-from .training import _progress, autocast
+from .checkpoints import save, write_json
+from .training import autocast, progress_bar
 
 CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception")  # index = choice
 PUBLISHED_PATH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)  # Table 3
@@ -478,14 +478,6 @@ def load_data(cfg: SPOSConfig, device="auto"):
     return train_ds, valid_ds
 
 
-def _atomic_save(obj, path: Path, as_json=False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if as_json:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)  # an interrupt leaves the previous checkpoint whole
-
 
 # -- supernet training (Sec. 3.2) -------------------------------------------------------------
 def make_optimizer(supernet: nn.Module, cfg: SPOSConfig) -> torch.optim.SGD:
@@ -549,7 +541,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         if cuda and state.get("cuda_rng") is not None:  # dropout draws on the device
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start = state["history"], state["epoch"]
-    bar = _progress(total, "supernet", progress)
+    bar = progress_bar(total, "supernet", progress)
     bar.update(start * len(loader))
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -571,12 +563,12 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}",
                         acc=f"{history['train_acc'][-1]:.3f}")
         if checkpoint is not None:
-            _atomic_save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
-                          "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                          "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
-                          "history": history, "epoch": epoch + 1, "config": asdict(cfg)},
-                         checkpoint)
+            save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
+                  "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                  "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
+                  "history": history, "epoch": epoch + 1, "config": asdict(cfg)},
+                 checkpoint)
         if callback is not None:
             callback(history)
     bar.close()
@@ -757,7 +749,7 @@ def _search(method, propose, evaluate, config, generations, flops_limit, params_
         seen.add(path)  # a child proposed twice in one generation is a duplicate too
         return True
 
-    bar = _progress(generations, method, progress)
+    bar = progress_bar(generations, method, progress)
     bar.update(start)
     for gen in range(start, generations):
         top = [tuple(e["path"]) for e in sorted(result.evaluated, key=_rank_key)]
@@ -767,9 +759,9 @@ def _search(method, propose, evaluate, config, generations, flops_limit, params_
                                      "params": count_params(path, config),
                                      "generation": gen, "origin": origin})
         if checkpoint is not None:
-            _atomic_save({"settings": settings, "generation": gen + 1,
-                          "evaluated": result.evaluated, "rng": list(rng.getstate())},
-                         checkpoint, as_json=True)
+            write_json(checkpoint, {"settings": settings, "generation": gen + 1,
+                                    "evaluated": result.evaluated,
+                                    "rng": list(rng.getstate())})
         if result.evaluated:
             bar.set_postfix(best=f"{result.best['fitness']:.4f}", n=len(result.evaluated))
         bar.update(1)

@@ -80,9 +80,9 @@ def plot_search_progress(evolution, random=None, title="best fitness vs evaluati
 
 def draw_path(path, config: SupernetConfig, title: str | None = None):
     """The path as a chain of coloured blocks, one row per stage (``/2``: stride 2)."""
-    from .viz import _digraph
+    from .viz import new_digraph
 
-    g = _digraph("spos_path")
+    g = new_digraph("spos_path")
     g.attr(rankdir="TB", nodesep="0.15", ranksep="0.3")
     g.node("stem", f"stem {config.stem_channels}", fillcolor="#d9ead3")
     prev, i = "stem", 0

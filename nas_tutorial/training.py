@@ -109,7 +109,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs,
                                                            eta_min=config.lr_min)
     history = History()
-    bar = _progress(config.epochs * steps, "train", progress)
+    bar = progress_bar(config.epochs * steps, "train", progress)
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         if hasattr(model, "drop_path_prob"):
@@ -155,7 +155,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     return history
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A ``tqdm.auto`` bar (a widget in notebooks, text in a terminal)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=True)

@@ -26,7 +26,8 @@ def has_dot() -> bool:
     return shutil.which("dot") is not None
 
 
-def _digraph(name, size=None):
+def new_digraph(name, size=None):
+    """An empty left-to-right Digraph in the package style."""
     import graphviz
 
     g = graphviz.Digraph(name, format="svg")
@@ -39,7 +40,7 @@ def _digraph(name, size=None):
     return g
 
 
-def _add_cell(g, pairs, concat, prefix="", title=None, weights=None):
+def add_cell(g, pairs, concat, prefix="", title=None, weights=None):
     """Add one cell's nodes and edges to ``g`` (a graph or a subgraph)."""
     steps = len(pairs) // 2
     label = {0: "c_{k-2}", 1: "c_{k-1}"}
@@ -68,21 +69,21 @@ def draw_cell(genotype, cell: str = "normal", title: str | None = None, size: st
     labelled and coloured by its op."""
     if cell not in ("normal", "reduce"):
         raise ValueError("cell must be 'normal' or 'reduce'")
-    g = _digraph(cell, size)
-    _add_cell(g, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
+    g = new_digraph(cell, size)
+    add_cell(g, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
               title=title if title is not None else f"{cell} cell")
     return g
 
 
 def draw_genotype(genotype, title: str | None = None, size: str | None = None):
     """Both cells side by side (one cell when normal == reduce, as in PNAS)."""
-    g = _digraph("genotype", size)
+    g = new_digraph("genotype", size)
     same = genotype.normal == genotype.reduce and genotype.normal_concat == genotype.reduce_concat
     cells = ["normal"] if same else ["normal", "reduce"]
     for cell in cells:
         with g.subgraph(name=f"cluster_{cell}") as sub:
             sub.attr(style="rounded", color="#cccccc")
-            _add_cell(sub, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
+            add_cell(sub, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
                       prefix=cell[0] + "_",
                       title="cell (normal = reduce)" if same else f"{cell} cell")
     if title:
@@ -112,7 +113,6 @@ def save_html(fig, path) -> Path:
 # -- training curves ----------------------------------------------------------------------
 def plot_history(history, title: str = "training"):
     """Loss and accuracy per epoch (train and, when present, validation)."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
