@@ -167,10 +167,10 @@ def _search(args) -> int:
 
         result = pnas.cli_search(blocks=args.blocks, beam=args.beam, predictor=args.predictor,
                                  **common)
-    print(f"found:   {result['result']}")
+    print(f"found:    {result['result']}")
     for label, path in result.get("files", {}).items():
-        print(f"{label + ':':<9}{path if path is not None else 'skipped (no dot)'}")
-    print(f"run folder: {result['run_dir']}")
+        print(f"{label + ':':<10}{path if path is not None else 'skipped (no dot)'}")
+    print(f"run dir:  {result['run_dir']}")
     return 0
 
 

@@ -1,0 +1,527 @@
+"""The three methods side by side: same data, same seed, same retraining budget.
+
+What the comparison does (issue 6; each method's own module cites its paper):
+
+- **search** with PC-DARTS (Xu et al., ICLR 2020; ``pc_darts``), SPOS (Guo et al., ECCV
+  2020; ``spos``: supernet training, then evolution) and PNAS (Liu et al., ECCV 2018;
+  ``pnas``: progressive search with a surrogate), each on the preset's dataset and seed;
+- a **random baseline** for each at equal budget, as the papers do: PNAS trains as many
+  random cells as it trained children (PNAS Sec. 5.3); SPOS runs random search on the same
+  supernet with as many evaluated paths as evolution (SPOS Sec. 4, Fig. 3); for PC-DARTS a
+  genotype drawn uniformly from the same DARTS space (the "random search baseline" of DARTS
+  Sec. 3.3 / Table 1, one sample here, not the best of 24);
+- **retraining** every found architecture (and every baseline) from scratch with one
+  :class:`~nas_tutorial.config.TrainConfig`, so accuracy differences come from the
+  architecture alone: DARTS/PNAS cells in :class:`~nas_tutorial.network.NetworkCIFAR`, the
+  SPOS path as its stand-alone network ``spos.Supernet(config, path)``;
+- one **table** (rows of plain dicts): search wall time, device, cost in each method's unit,
+  peak memory, params, FLOPs (multiply-adds, ``nt.count_flops``) and test accuracy;
+- a **seed study** of PC-DARTS with and without edge normalization (PC-DARTS Sec. 3.3 and
+  Sec. 4.4 claim it makes the search more stable): how many edges and ops of the derived
+  genotypes agree between seeds (:func:`genotype_agreement`), and the spread of accuracies.
+
+With a run folder (``compare(config, out=folder)``) every search checkpoints into it and the
+table is written row by row (atomic writes), so an interrupted comparison resumes there.
+
+Left out: retraining with several seeds per architecture (the papers report mean +- std of
+several trainings); the ImageNet-shaped runs; the cost of the random PC-DARTS sample is
+reported as zero search epochs, since drawing it costs nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import random
+import resource
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import pc_darts, pnas, spos
+from .checkpoints import write_json
+from .config import TrainConfig, get_preset, preset_name
+from .data import load, resolve_device
+from .flops import count_flops
+from .genotypes import Genotype
+from .network import NetworkCIFAR, count_params
+from .ops import DARTS_OPS
+from .runs import device_label, load_runs
+from .training import evaluate, train
+
+COLUMNS = ("method", "architecture", "device", "search_s", "cost", "cost_unit", "evaluated",
+           "peak_mem_mb", "params", "flops", "accuracy")
+
+
+# -- configuration -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings of one comparison: each method's own config and one retraining budget."""
+
+    preset: str                         # quick | full: names the data and network shape
+    seed: int                           # the same seed for every search and retraining
+    pc_darts: pc_darts.SearchConfig     # PC-DARTS search (pc_darts.PRESETS)
+    spos: spos.SPOSConfig               # supernet + evolution (spos.PRESETS)
+    pnas: pnas.PNASConfig               # progressive search (pnas.PNAS_PRESETS)
+    retrain: TrainConfig                # one budget for every architecture (config.PRESETS)
+    seeds: tuple = (0, 1, 2)            # seed study: PC-DARTS seeds per edge-norm setting
+
+
+def get_config(preset: str | None = None, seed: int = 0, **overrides) -> CompareConfig:
+    """Every method's ``preset`` config (default from ``nt.get_preset()``) with ``seed``,
+    retraining with the preset's ``TrainConfig``; ``overrides`` replace whole fields."""
+    name = preset_name(preset)
+    config = CompareConfig(
+        preset=name, seed=seed,
+        pc_darts=pc_darts.get_config("pc-darts", name, seed=seed),
+        spos=spos.get_config(name, seed=seed),
+        pnas=pnas.get_config(name, seed=seed),
+        retrain=replace(get_preset(name).train, seed=seed))
+    return replace(config, **overrides)
+
+
+# -- architectures -------------------------------------------------------------------------
+def random_genotype(seed: int = 0, steps: int = 4, multiplier: int = 4,
+                    primitives=DARTS_OPS) -> Genotype:
+    """A genotype drawn uniformly from the DARTS space: per node two distinct inputs among
+    the earlier states, each with a random non-``none`` op (the space ``derive_genotype``
+    reads out; DARTS Sec. 2.4). Normal and reduction cells are drawn independently."""
+    rng = random.Random(seed)
+    ops = [op for op in primitives if op != "none"]
+
+    def cell():
+        pairs = []
+        for i in range(steps):
+            for j in sorted(rng.sample(range(2 + i), 2)):
+                pairs.append((rng.choice(ops), j))
+        return pairs
+
+    concat = list(range(2 + steps - multiplier, 2 + steps))
+    return Genotype(cell(), concat, cell(), concat)
+
+
+def genotype_agreement(a: Genotype, b: Genotype) -> dict:
+    """How much two genotypes agree, node by node, in both cells.
+
+    ``edges``: pairs whose input also feeds the same node in ``b`` (multiset match, so a
+    node reading input 1 twice agrees once with a node reading it once); ``ops``: pairs
+    whose (op, input) is also in that node of ``b``. ``total`` is the number of pairs of the
+    larger genotype, so identical genotypes give ``edges == ops == total``.
+    """
+    edges = ops = total = 0
+    for cell in ("normal", "reduce"):
+        na, nb = a.nodes(cell), b.nodes(cell)
+        total += 2 * max(len(na), len(nb))
+        for x, y in zip(na, nb):
+            edges += sum((Counter(i for _, i in x) & Counter(i for _, i in y)).values())
+            ops += sum((Counter(x) & Counter(y)).values())
+    return {"edges": edges, "ops": ops, "total": total,
+            "edge_fraction": edges / total, "op_fraction": ops / total}
+
+
+def describe(arch) -> str:
+    """One short line for a genotype (its normal cell) or an SPOS path."""
+    if isinstance(arch, Genotype):
+        cells = [arch.normal] if arch.normal == arch.reduce else [arch.normal, arch.reduce]
+        return " / ".join(" ".join(f"{op}:{i}" for op, i in pairs) for pairs in cells)
+    return "path " + "".join(str(c) for c in arch)
+
+
+# -- measuring -----------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the peak so far (kB on Linux/BSD)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _release_freed_memory() -> None:
+    """Hand memory that ``free`` kept back to the OS (glibc only): otherwise a block that
+    runs after a bigger one reuses that memory and shows almost no growth."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of a block, in MB: ``torch.cuda.max_memory_allocated`` on CUDA; on a CPU
+    the peak resident set size above the level at entry (after returning freed memory to the
+    OS), sampled every few milliseconds by a thread (tensor ops release the GIL, so the
+    sampler keeps running during a step). On a CPU it is a rough number: it counts every
+    allocation of the process, the allocator's own caching included."""
+
+    def __init__(self, device, interval: float = 0.005):
+        self.device, self.interval, self.mb = resolve_device(device), interval, 0.0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        _release_freed_memory()
+        self._base = self._peak = _rss_bytes()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self._peak = max(self._peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _rss_bytes())
+        self.mb = max(peak - self._base, 0) / 2 ** 20
+        return False
+
+
+@dataclass
+class Candidate:
+    """An architecture a search (or a baseline) proposed, with what finding it cost."""
+
+    method: str                  # e.g. "PC-DARTS", "SPOS random"
+    architecture: object         # a Genotype, or an SPOS path (tuple of ints)
+    device: str
+    search_s: float              # wall time of the search, seconds
+    cost: float                  # search cost in cost_unit
+    cost_unit: str               # search epochs | supernet epochs | models trained
+    evaluated: int               # architectures scored during the search
+    peak_mem_mb: float
+    extra: dict = field(default_factory=dict)  # the method's own result object
+
+
+def _timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+    return out, seconds, mem.mb
+
+
+# -- the three searches and their baselines ------------------------------------------------
+def _sub(out, name):
+    return None if out is None else Path(out) / name
+
+
+def run_pc_darts(config: CompareConfig, device="auto", progress=True, out=None) -> list:
+    """PC-DARTS search, and a random genotype of the same space. With ``out`` the search
+    checkpoints into ``out/pc-darts`` every epoch and resumes from there."""
+    device = resolve_device(device)
+    cfg = config.pc_darts
+    run_dir = _sub(out, "pc-darts")
+    resume = run_dir if run_dir is not None and (run_dir / pc_darts.CHECKPOINT).is_file() else None
+    res, s, mb = _timed(lambda: pc_darts.search(cfg, out=run_dir, resume=resume, device=device,
+                                                progress=progress), device)
+    dev = device_label(device)
+    rnd = random_genotype(config.seed, cfg.steps, cfg.multiplier)
+    return [Candidate("PC-DARTS", res.genotype, dev, s, cfg.epochs, "search epochs", 1, mb,
+                      {"result": res}),
+            Candidate("PC-DARTS random", rnd, dev, 0.0, 0, "search epochs", 0, 0.0)]
+
+
+def run_spos(config: CompareConfig, device="auto", progress=True, out=None) -> list:
+    """SPOS: train the supernet, then evolution and an equal-budget random search on it.
+    Both report the supernet's cost: neither can search without it. With ``out`` all three
+    checkpoint into ``out/spos`` and resume from there."""
+    device = resolve_device(device)
+    cfg = config.spos
+    run_dir = _sub(out, "spos")
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    train_ds, valid_ds = spos.load_data(cfg, device)
+
+    def supernet():
+        torch.manual_seed(cfg.seed)
+        net = spos.Supernet(cfg.supernet)
+        spos.train_supernet(net, train_ds, cfg, device, _sub(run_dir, "supernet.pt"),
+                            progress=progress)
+        return net, spos.PathEvaluator(net, train_ds, valid_ds, cfg.recal_batches,
+                                       cfg.recal_batch_size, amp=cfg.amp, seed=cfg.seed)
+
+    (net, evaluator), s_net, mb_net = _timed(supernet, device)
+    limits = dict(flops_limit=cfg.flops_limit, params_limit=cfg.params_limit, seed=cfg.seed,
+                  progress=progress)
+    evo, s_evo, mb_evo = _timed(lambda: spos.evolution_search(
+        evaluator, cfg.supernet, cfg.population, cfg.generations, cfg.topk, cfg.n_mutation,
+        cfg.n_crossover, cfg.mutation_prob, checkpoint=_sub(run_dir, "evolution.json"),
+        **limits), device)
+    rnd, s_rnd, mb_rnd = _timed(lambda: spos.random_search(
+        evaluator, cfg.supernet, spos.generation_sizes(evo),
+        checkpoint=_sub(run_dir, "random.json"), **limits), device)
+    dev = device_label(device)
+    return [Candidate("SPOS", tuple(evo.best["path"]), dev, s_net + s_evo, cfg.epochs,
+                      "supernet epochs", len(evo.evaluated), max(mb_net, mb_evo),
+                      {"result": evo}),
+            Candidate("SPOS random", tuple(rnd.best["path"]), dev, s_net + s_rnd, cfg.epochs,
+                      "supernet epochs", len(rnd.evaluated), max(mb_net, mb_rnd),
+                      {"result": rnd})]
+
+
+def run_pnas(config: CompareConfig, device="auto", progress=True, out=None) -> list:
+    """PNAS, then as many random cells trained by the same child trainer (timed apart,
+    which is why the search itself runs with ``random_baseline=False``). With ``out`` the
+    search checkpoints its trained children into ``out/pnas`` and resumes from there."""
+    device = resolve_device(device)
+    cfg = replace(config.pnas, random_baseline=False)
+    trainer = pnas.ChildTrainer(cfg, device)
+    run_dir = _sub(out, "pnas")
+    resume = run_dir is not None and (run_dir / "checkpoint.json").is_file()
+    res, s, mb = _timed(lambda: pnas.search(cfg, train_fn=trainer, run_dir=run_dir,
+                                            resume=resume, device=device,
+                                            progress=progress), device)
+    n = len(res.records("pnas"))
+    cells = pnas.random_cells(n, cfg.blocks, cfg.ops, cfg.seed)
+    accs, s_rnd, mb_rnd = _timed(lambda: trainer(cells), device)
+    best = max(range(len(cells)), key=lambda k: (accs[k], -k))
+    dev = device_label(device)
+    # cost = every child the search needed, also those a resumed run read from its checkpoint
+    return [Candidate("PNAS", res.best_genotype, dev, s, n, "models trained", n, mb,
+                      {"result": res}),
+            Candidate("PNAS random", Genotype.from_cell(cells[best]), dev, s_rnd, len(cells),
+                      "models trained", len(cells), mb_rnd,
+                      {"accuracies": accs, "cells": cells})]
+
+
+# -- retraining from scratch ---------------------------------------------------------------
+def build(candidate: Candidate, config: CompareConfig, num_classes: int, in_channels: int):
+    """The evaluation network of a candidate, initialized from the retraining seed."""
+    if isinstance(candidate.architecture, Genotype):
+        return cell_network(candidate.architecture, config.preset, num_classes, in_channels,
+                            config.retrain.seed)
+    torch.manual_seed(config.retrain.seed)
+    return spos.Supernet(config.spos.supernet, candidate.architecture)
+
+
+def cell_network(genotype: Genotype, preset: str | None, num_classes: int, in_channels: int,
+                 seed: int) -> NetworkCIFAR:
+    """The preset's evaluation network (channels, cells, auxiliary head) of a genotype."""
+    p = get_preset(preset)
+    torch.manual_seed(seed)
+    return NetworkCIFAR(genotype, p.channels, num_classes, p.layers, auxiliary=p.auxiliary,
+                        in_channels=in_channels)
+
+
+def retrain(candidate: Candidate, config: CompareConfig, train_ds, test_ds, device="auto",
+            progress=True) -> dict:
+    """Train the candidate from scratch with ``config.retrain``; the table row."""
+    device = resolve_device(device)
+    model = build(candidate, config, train_ds.num_classes, train_ds.shape[0])
+    params = count_params(model)  # before training moves it; counts are the same anywhere
+    flops = count_flops(model, train_ds.shape)
+    accuracy = _train_and_test(model, config.retrain, train_ds, test_ds, device, progress)
+    return {"method": candidate.method, "architecture": describe(candidate.architecture),
+            "device": candidate.device, "search_s": round(candidate.search_s, 2),
+            "cost": candidate.cost, "cost_unit": candidate.cost_unit,
+            "evaluated": candidate.evaluated, "peak_mem_mb": round(candidate.peak_mem_mb, 1),
+            "params": params, "flops": flops, "accuracy": accuracy}
+
+
+def _train_and_test(model, cfg: TrainConfig, train_ds, test_ds, device, progress) -> float:
+    train(model, train_ds, cfg, device=device, progress=progress)
+    return evaluate(model, test_ds, device, amp=cfg.amp)[1]
+
+
+def retrain_data(preset: str | None = None, device="auto"):
+    """(train, test) of the preset's dataset on ``device``: the whole training set, the
+    test set for the accuracy (the search never saw it)."""
+    p = get_preset(preset)
+    device = resolve_device(device)
+    return (load(p.dataset, train=True, size=p.image_size, device=device),
+            load(p.dataset, train=False, size=p.image_size, device=device))
+
+
+def compare(config: CompareConfig | None = None, device="auto", progress=True, out=None):
+    """Run the three searches and their baselines, retrain everything; returns
+    ``(rows, candidates)``.
+
+    With ``out`` every search checkpoints into a sub-folder and each finished row is added
+    to ``out/compare.json`` (atomically): an interrupted comparison run again with the same
+    ``out`` resumes the searches and retrains only the rows it is missing, and reaches the
+    same architectures and accuracies (wall times then count only the resumed part).
+    """
+    config = config or get_config()
+    device = resolve_device(device)
+    # loaded first: the one-off cost of reading the data is no method's memory or time
+    train_ds, test_ds = retrain_data(config.preset, device)
+    candidates = []
+    for run in (run_pc_darts, run_spos, run_pnas):
+        candidates += run(config, device, progress, out)
+    table = Path(out) / "compare.json" if out is not None else None
+    done = json.loads(table.read_text())["rows"] if table is not None and table.is_file() else []
+    rows = []
+    for c in candidates:
+        row = next((r for r in done if r["method"] == c.method
+                    and r["architecture"] == describe(c.architecture)), None)
+        rows.append(row or retrain(c, config, train_ds, test_ds, device, progress))
+        if table is not None:
+            write_json(table, {"rows": rows})
+    return rows, candidates
+
+
+def format_table(rows, columns=COLUMNS) -> str:
+    """The rows as an aligned text table (numbers rounded for reading)."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if v < 1 else f"{v:,.1f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        s = str(v)
+        return s if len(s) <= 28 else s[:25] + "..."
+
+    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[k]) for b in body)) for k, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+# -- the seed study ------------------------------------------------------------------------
+def seed_study(config: pc_darts.SearchConfig, seeds=(0, 1, 2), edge_norm=(True, False),
+               retrain: TrainConfig | None = None, preset: str | None = None, device="auto",
+               progress=True) -> dict:
+    """The PC-DARTS search once per seed, with and without edge normalization.
+
+    Returns ``runs`` (edge_norm, seed, genotype, ``search_accuracy``: the supernet on the
+    architecture half at the end, ``accuracy``: after retraining the genotype from scratch
+    with ``retrain`` in the ``preset``'s network and testing it, or the search accuracy
+    when ``retrain`` is None; seconds), ``pairs`` (:func:`genotype_agreement` of every two
+    seeds of one setting) and ``summary`` per setting (mean agreement, accuracy spread).
+    """
+    from statistics import mean, pstdev
+
+    device = resolve_device(device)
+    data = retrain_data(preset, device) if retrain is not None else None
+    runs, pairs, summary = [], [], {}
+    for norm in edge_norm:
+        found = []
+        for seed in seeds:
+            cfg = replace(config, seed=seed, edge_norm=norm)
+            t0 = time.perf_counter()
+            res = pc_darts.search(cfg, device=device, progress=progress)
+            found.append(res.genotype)
+            run = {"edge_norm": norm, "seed": seed, "genotype": res.genotype,
+                   "search_accuracy": res.history.valid_acc[-1],
+                   "accuracy": res.history.valid_acc[-1]}
+            if data is not None:
+                net = cell_network(res.genotype, preset, data[0].num_classes,
+                                   data[0].shape[0], retrain.seed)
+                run["accuracy"] = _train_and_test(net, retrain, *data, device, progress)
+            runs.append({**run, "seconds": time.perf_counter() - t0})
+        for (i, a), (j, b) in itertools.combinations(enumerate(found), 2):
+            pairs.append({"edge_norm": norm, "seeds": (seeds[i], seeds[j]),
+                          **genotype_agreement(a, b)})
+        mine = [p for p in pairs if p["edge_norm"] == norm]
+        accs = [r["accuracy"] for r in runs if r["edge_norm"] == norm]
+        summary[norm] = {
+            "edge_agreement": mean(p["edge_fraction"] for p in mine) if mine else 1.0,
+            "op_agreement": mean(p["op_fraction"] for p in mine) if mine else 1.0,
+            "distinct_genotypes": len(set(found)),
+            "accuracy_mean": mean(accs), "accuracy_std": pstdev(accs),
+            "accuracy_range": max(accs) - min(accs)}
+    return {"runs": runs, "pairs": pairs, "summary": summary}
+
+
+# -- recorded runs -------------------------------------------------------------------------
+def recorded_rows(kind: str = "compare", root=None) -> list:
+    """Rows of recorded comparisons under ``data/runs/`` (newest first), each labelled with
+    the device and the date it was recorded; empty when none are recorded."""
+    rows = []
+    for run in load_runs(kind, root):
+        for row in run.get("payload", {}).get("rows", []):
+            rows.append({**row, "device": run.get("device", row.get("device")),
+                         "recorded": run.get("recorded_at", "?")[:10]})
+    return rows
+
+
+def record(rows, study=None, device="auto", root=None) -> Path:
+    """Record a comparison (the table and, if given, the seed-study summary) under
+    ``data/runs/`` with device and date; run it after a ``full`` run on a GPU."""
+    from .runs import record as _record
+
+    payload = {"rows": rows}
+    if study is not None:
+        payload["seed_study"] = {str(k): v for k, v in study["summary"].items()}
+    return _record("compare", payload, device=device, root=root)
+
+
+# -- figures (plotly, imported only here) --------------------------------------------------
+_COLORS = {"PC-DARTS": "#1f77b4", "SPOS": "#2ca02c", "PNAS": "#d62728"}
+
+
+def plot_table(rows, recorded=()):
+    """Accuracy after retraining against search wall time: one marker per row, filled for
+    a search, open for its random baseline; recorded runs as diamonds with their device."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for source, rs, symbol in (("this run", rows, "circle"), ("recorded", recorded, "diamond")):
+        for r in rs:
+            base = r["method"].split()[0]
+            baseline = r["method"].endswith("random")
+            fig.add_trace(go.Scatter(
+                x=[max(r["search_s"], 0.01)], y=[r["accuracy"]], mode="markers",
+                name=f"{r['method']} ({source if source == 'this run' else r['device']})",
+                marker=dict(size=13, color=_COLORS.get(base, "gray"),
+                            symbol=symbol + ("-open" if baseline else ""),
+                            line=dict(width=2, color=_COLORS.get(base, "gray"))),
+                hovertemplate=(f"{r['method']}<br>{r['device']}<br>search %{{x:.1f}} s, "
+                               f"{r['cost']} {r['cost_unit']}<br>{r['params']:,} params, "
+                               f"{r['flops']:,} FLOPs<br>accuracy %{{y:.3f}}<extra></extra>")))
+    fig.update_layout(title="Accuracy after retraining vs search cost",
+                      xaxis=dict(title="search wall time (s, log)", type="log"),
+                      yaxis=dict(title="test accuracy"), height=420,
+                      legend=dict(font=dict(size=10)))
+    return fig
+
+
+def plot_seed_study(study):
+    """Left: pairwise agreement of the genotypes found by different seeds (edges and ops);
+    right: the search accuracy of every seed; with and without edge normalization."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(1, 2, subplot_titles=("agreement between seeds (pairs)",
+                                              "accuracy per seed"))
+    for norm, color in ((True, "#1f77b4"), (False, "#ff7f0e")):
+        name = "edge norm on" if norm else "edge norm off"
+        pairs = [p for p in study["pairs"] if p["edge_norm"] == norm]
+        for k, what in enumerate(("edge_fraction", "op_fraction")):
+            fig.add_trace(go.Box(
+                y=[p[what] for p in pairs], x=[("edges", "ops")[k]] * len(pairs), name=name,
+                legendgroup=name, showlegend=k == 0, marker_color=color, boxpoints="all",
+                offsetgroup=name), 1, 1)
+        runs = [r for r in study["runs"] if r["edge_norm"] == norm]
+        fig.add_trace(go.Scatter(
+            x=[r["seed"] for r in runs], y=[r["accuracy"] for r in runs], mode="markers+lines",
+            name=name, legendgroup=name, showlegend=False, marker=dict(size=10, color=color)),
+            1, 2)
+    fig.update_layout(boxmode="group", height=380, title="PC-DARTS over seeds")
+    fig.update_yaxes(title_text="fraction of pairs that agree", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", row=1, col=2)
+    fig.update_xaxes(title_text="seed", dtick=1, row=1, col=2)
+    return fig
+
+
+__all__ = ["COLUMNS", "CompareConfig", "get_config", "random_genotype", "genotype_agreement",
+           "describe", "PeakMemory", "Candidate", "run_pc_darts", "run_spos", "run_pnas",
+           "build", "cell_network", "retrain", "retrain_data", "compare", "format_table", "seed_study",
+           "recorded_rows", "record", "plot_table", "plot_seed_study"]

@@ -1,0 +1,169 @@
+"""The comparison: genotype agreement, the random DARTS genotype, the table on a tiny run,
+the seed study, peak memory and recorded runs."""
+import itertools
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import nas_tutorial as nt
+from nas_tutorial import compare as cmp
+
+G = nt.Genotype  # (normal, normal_concat, reduce, reduce_concat)
+A = [("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 2)]
+CAT = [2, 3]
+
+
+# -- genotype agreement ---------------------------------------------------------------------
+def test_identical_genotypes_agree_everywhere():
+    g = G(A, CAT, A, CAT)
+    agree = cmp.genotype_agreement(g, g)
+    assert agree == {"edges": 8, "ops": 8, "total": 8, "edge_fraction": 1.0, "op_fraction": 1.0}
+
+
+def test_same_edges_other_ops():
+    other = [("dil_conv_3x3", 0), ("skip_connect", 1), ("avg_pool_3x3", 0), ("sep_conv_5x5", 2)]
+    agree = cmp.genotype_agreement(G(A, CAT, A, CAT), G(other, CAT, A, CAT))
+    assert (agree["edges"], agree["ops"], agree["total"]) == (8, 6, 8)
+
+
+def test_other_inputs_and_symmetry():
+    # node 0 reads (0, 1) in a and (1, 1) in b: one input in common (multiset), node 1 none
+    b = [("skip_connect", 1), ("skip_connect", 1), ("max_pool_3x3", 1), ("sep_conv_5x5", 1)]
+    ga, gb = G(A, CAT, A, CAT), G(b, CAT, A, CAT)
+    agree = cmp.genotype_agreement(ga, gb)
+    assert (agree["edges"], agree["ops"]) == (1 + 0 + 4, 1 + 0 + 4)
+    assert agree == cmp.genotype_agreement(gb, ga)
+
+
+def test_order_within_a_node_does_not_matter_but_node_order_does():
+    swapped = [A[1], A[0], A[2], A[3]]
+    assert cmp.genotype_agreement(G(A, CAT, A, CAT), G(swapped, CAT, A, CAT))["ops"] == 8
+    moved = [A[2], A[1], A[0], A[1]]  # the same pairs on other nodes: another cell
+    assert cmp.genotype_agreement(G(A, CAT, A, CAT), G(moved, CAT, A, CAT))["ops"] == 1 + 4
+
+
+def test_different_node_counts_count_against_the_larger():
+    small = G(A[:2], [2], A[:2], [2])
+    agree = cmp.genotype_agreement(small, G(A, CAT, A, CAT))
+    assert (agree["ops"], agree["total"]) == (4, 8)
+
+
+# -- the random DARTS genotype --------------------------------------------------------------
+@pytest.mark.parametrize("steps,multiplier", [(4, 4), (3, 3), (2, 1)])
+def test_random_genotype_is_in_the_darts_space(steps, multiplier):
+    for seed in range(20):
+        g = cmp.random_genotype(seed, steps, multiplier)
+        assert g.steps == steps and g.normal_concat == tuple(range(2 + steps - multiplier,
+                                                                    2 + steps))
+        for cell in ("normal", "reduce"):
+            for i, (a, b) in enumerate(g.nodes(cell)):
+                assert a[1] != b[1] and 0 <= a[1] < 2 + i and 0 <= b[1] < 2 + i
+                assert {a[0], b[0]} <= set(nt.DARTS_OPS) - {"none"}
+
+
+def test_random_genotype_is_seeded_and_builds():
+    assert cmp.random_genotype(3) == cmp.random_genotype(3)
+    assert len({cmp.random_genotype(s) for s in range(10)}) == 10
+    net = nt.NetworkCIFAR(cmp.random_genotype(0, 3, 3), 8, 10, 3, in_channels=1)
+    assert net(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+
+
+# -- the table on a tiny run ----------------------------------------------------------------
+def tiny_config(seed=0):
+    c = cmp.get_config("quick", seed=seed)
+    return replace(
+        c,
+        pc_darts=replace(c.pc_darts, epochs=1, warmup_epochs=0, steps_per_epoch=1),
+        spos=replace(c.spos, epochs=1, population=3, generations=2, topk=2, n_mutation=1,
+                     n_crossover=1),
+        # one op: 3 one-block cells, then the one child of the beam's single cell
+        pnas=replace(c.pnas, ops=("max_pool_3x3",), blocks=2, beam=1, fit_steps=5,
+                     compare_predictors=False,
+                     train=replace(c.pnas.train, epochs=1, steps_per_epoch=1)),
+        retrain=replace(c.retrain, epochs=1, steps_per_epoch=1))
+
+
+def test_get_config_shares_the_seed():
+    c = cmp.get_config("quick", seed=7)
+    assert c.pc_darts.seed == c.spos.seed == c.pnas.seed == c.retrain.seed == 7
+    assert c.pc_darts.dataset == c.spos.dataset == c.pnas.dataset == "digits"
+
+
+def test_compare_rows_have_every_column(tmp_path):
+    rows, candidates = cmp.compare(tiny_config(), device="cpu", progress=False, out=tmp_path)
+    assert [r["method"] for r in rows] == ["PC-DARTS", "PC-DARTS random", "SPOS",
+                                            "SPOS random", "PNAS", "PNAS random"]
+    for row in rows:
+        assert set(row) == set(cmp.COLUMNS)
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["params"] > 0 and row["flops"] > 0 and row["peak_mem_mb"] >= 0
+        assert row["device"].startswith("CPU")
+    units = {r["method"]: r["cost_unit"] for r in rows}
+    assert units["PC-DARTS"] == "search epochs" and units["SPOS"] == "supernet epochs"
+    assert units["PNAS"] == units["PNAS random"] == "models trained"
+    by = {r["method"]: r for r in rows}
+    assert by["PNAS"]["cost"] == by["PNAS random"]["cost"] == 4  # equal budget
+    assert by["SPOS"]["evaluated"] == by["SPOS random"]["evaluated"]
+    assert by["PC-DARTS"]["search_s"] > 0 and by["PC-DARTS random"]["search_s"] == 0
+    # the random PC-DARTS genotype is the seeded one, in the searched space (3 nodes)
+    assert candidates[1].architecture == cmp.random_genotype(0, 3, 3)
+    # the SPOS row is its path's stand-alone network: params match the lookup table
+    path = candidates[2].architecture
+    assert by["SPOS"]["params"] == nt.count_params(nt.spos.Supernet(nt.spos.QUICK, path))
+    assert "PC-DARTS" in cmp.format_table(rows).splitlines()[2]
+    fig = cmp.plot_table(rows)
+    assert len(fig.data) == len(rows)
+
+
+def test_compare_resumes_from_its_folder(tmp_path):
+    rows, _ = cmp.compare(tiny_config(), device="cpu", progress=False, out=tmp_path)
+    assert json.loads((tmp_path / "compare.json").read_text())["rows"] == rows
+    # interrupted while retraining: the last three rows and the random SPOS search are lost
+    (tmp_path / "compare.json").write_text(json.dumps({"rows": rows[:3]}))
+    (tmp_path / "spos" / "random.json").unlink()
+    again, _ = cmp.compare(tiny_config(), device="cpu", progress=False, out=tmp_path)
+    same = [c for c in cmp.COLUMNS if c not in ("search_s", "peak_mem_mb")]
+    assert [{c: r[c] for c in same} for r in again] == [{c: r[c] for c in same} for r in rows]
+    assert again[:3] == rows[:3]  # finished rows are read back, not retrained
+
+
+def test_seed_study_counts_pairs():
+    cfg = tiny_config().pc_darts
+    study = cmp.seed_study(cfg, seeds=(0, 1, 2), edge_norm=(False,), device="cpu",
+                           progress=False)
+    assert len(study["runs"]) == 3 and len(study["pairs"]) == 3
+    assert all(r["accuracy"] == r["search_accuracy"] for r in study["runs"])
+    assert [p["seeds"] for p in study["pairs"]] == list(itertools.combinations((0, 1, 2), 2))
+    s = study["summary"][False]
+    assert 0 <= s["op_agreement"] <= s["edge_agreement"] <= 1
+    assert 1 <= s["distinct_genotypes"] <= 3 and s["accuracy_std"] >= 0
+    assert len(cmp.plot_seed_study(study).data) > 0
+
+
+def test_seed_study_retrains_when_asked():
+    c = tiny_config()
+    study = cmp.seed_study(c.pc_darts, seeds=(0,), edge_norm=(True,), retrain=c.retrain,
+                           preset="quick", device="cpu", progress=False)
+    (run,) = study["runs"]
+    net = cmp.cell_network(run["genotype"], "quick", 10, 1, c.retrain.seed)
+    train_ds, test_ds = cmp.retrain_data("quick")
+    nt.train(net, train_ds, c.retrain, device="cpu", progress=False)
+    assert run["accuracy"] == nt.evaluate(net, test_ds, "cpu")[1]  # reproducible on CPU
+
+
+# -- measuring and recorded runs ------------------------------------------------------------
+def test_peak_memory_sees_an_allocation():
+    with cmp.PeakMemory("cpu") as mem:
+        x = torch.ones(64 * 2 ** 20 // 4)  # 64 MB, touched
+        del x
+    assert mem.mb > 40
+
+
+def test_recorded_rows_carry_device_and_date(tmp_path):
+    assert cmp.recorded_rows(root=tmp_path) == []
+    row = {c: 1 for c in cmp.COLUMNS} | {"method": "PNAS", "device": "x"}
+    cmp.record([row], root=tmp_path, device="cpu")
+    rec = cmp.recorded_rows(root=tmp_path)
+    assert len(rec) == 1 and rec[0]["device"].startswith("CPU") and len(rec[0]["recorded"]) == 10
