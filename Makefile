@@ -55,5 +55,5 @@ clean:
 # Re-execute every notebook on the quick preset (how they are committed), dropping the
 # saved widget state (anywidget stores plotly.js in it: megabytes per notebook).
 run-notebooks: setup
-	cd notebooks && for nb in *.ipynb; do NAS_TUTORIAL_PRESET=quick ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.store_widget_state=False $$nb || exit 1; done
+	cd notebooks && for nb in *.ipynb; do NAS_TUTORIAL_PRESET=quick ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
 	$(PY) -c "import glob, nbformat; [nbformat.write(nb, p) for p in sorted(glob.glob('notebooks/*.ipynb')) for nb in [nbformat.read(p, 4)] if nb.metadata.pop('widgets', None) is not None or True]"
