@@ -34,7 +34,10 @@ def _parser():
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the official-style implementation (reference_pc_darts.py)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-reference", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -128,42 +131,104 @@ def measure(k: int, args) -> dict:
             "params": sum(p.numel() for p in model.weight_parameters())}
 
 
+def measure_reference(k: int, args) -> dict:
+    """The same step done the official way (``reference_pc_darts.RefNetwork``): one ReLU
+    per op, the ``none`` op computed, a shuffle per edge, and an architecture step whose
+    ``loss.backward()`` also computes every weight gradient. Same machine, same batch."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from reference_pc_darts import RefNetwork
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    steps, mult = 4, 4
+    ref = RefNetwork(args.C, 10, args.layers, k, steps, mult, 3)
+    n_edges = sum(2 + i for i in range(steps))
+    arch = [torch.nn.Parameter(1e-3 * torch.randn(n_edges, 8)) for _ in range(2)]
+    if k > 1:
+        arch += [torch.nn.Parameter(1e-3 * torch.randn(n_edges)) for _ in range(2)]
+    arch_opt = torch.optim.Adam(arch, lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    x, xv = torch.randn(shape), torch.randn(shape)
+    y, yv = torch.randint(0, 10, (args.batch,)), torch.randint(0, 10, (args.batch,))
+
+    def step():
+        arch_opt.zero_grad()
+        F.cross_entropy(ref(xv, *arch), yv).backward()  # official _backward_step
+        arch_opt.step()
+        opt.zero_grad()
+        F.cross_entropy(ref(x, *arch), y).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+        opt.step()
+
+    base_kb = _reset_peak_rss()
+    step()
+    times, cpu_times = [], []
+    for _ in range(args.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    return {"k": k, "impl": "official-style", "batch": args.batch, "device": "cpu",
+            "threads": args.threads, "step_s": statistics.median(times),
+            "cpu_s": statistics.median(cpu_times),
+            "peak_mb": (_peak_rss() - base_kb) / 1024,
+            "params": sum(p.numel() for p in ref.parameters())}
+
+
 def main(argv=None) -> list:
     args = _parser().parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure(args.child, args)))
+        fn = measure_reference if args.child_reference else measure
+        print(json.dumps(fn(args.child, args)))
         return []
     import torch
 
     ks = [int(k) for k in args.ks.split(",")]
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    rows = []
+    def child(k, reference=False):
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        argv_child = [sys.executable, os.path.abspath(__file__), "--child", str(k),
+                      "--batch", str(args.batch), "--image-size", str(args.image_size),
+                      "--C", str(args.C), "--layers", str(args.layers),
+                      "--steps", str(args.steps), "--threads", str(args.threads),
+                      "--device", "cpu"] + (["--child-reference"] if reference else [])
+        out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    rows, official = [], {}
     for k in ks:
-        if cuda:  # one process is fine: the peak counter resets per K
-            rows.append(measure(k, args))
-        else:
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            argv_child = [sys.executable, os.path.abspath(__file__), "--child", str(k),
-                          "--batch", str(args.batch), "--image-size", str(args.image_size),
-                          "--C", str(args.C), "--layers", str(args.layers),
-                          "--steps", str(args.steps), "--threads", str(args.threads),
-                          "--device", "cpu"]
-            out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        # one process per K on CPU, so each peak resident set belongs to one K
+        rows.append(measure(k, args) if cuda else child(k))
         print(f"  K={k}: {rows[-1]['step_s']:.2f} s/step, {rows[-1]['peak_mb']:.0f} MB",
               flush=True)
+        if not cuda and not args.no_reference:
+            official[k] = child(k, reference=True)
+            rows[-1]["official_step_s"] = official[k]["step_s"]
+            rows[-1]["official_peak_mb"] = official[k]["peak_mb"]
+            print(f"  K={k} official-style: {official[k]['step_s']:.2f} s/step, "
+                  f"{official[k]['peak_mb']:.0f} MB", flush=True)
     ref = next((r for r in rows if r["k"] == 1), rows[0])
     print(f"\none search step (arch + weights), batch {args.batch}, "
           f"{args.image_size}x{args.image_size}x3, C={args.C}, {args.layers} cells, "
           f"{rows[0]['device']}" + (f", {args.threads} threads" if not cuda else ", bf16"))
     print(f"{'method':<10}{'K':>3}{'params':>10}{'step s':>9}{'cpu s':>8}{'x DARTS':>9}"
-          f"{'peak MB':>10}{'x DARTS':>9}")
+          f"{'peak MB':>10}{'x DARTS':>9}" + (f"{'official s':>12}{'speed-up':>10}"
+                                              if official else ""))
     for r in rows:
         r["time_ratio"] = r["step_s"] / ref["step_s"]
         r["memory_ratio"] = r["peak_mb"] / ref["peak_mb"]
         name = "DARTS" if r["k"] == 1 else "PC-DARTS"
         print(f"{name:<10}{r['k']:>3}{r['params']:>10,}{r['step_s']:>9.2f}{r['cpu_s']:>8.2f}"
-              f"{r['time_ratio']:>9.2f}{r['peak_mb']:>10.0f}{r['memory_ratio']:>9.2f}")
+              f"{r['time_ratio']:>9.2f}{r['peak_mb']:>10.0f}{r['memory_ratio']:>9.2f}"
+              + (f"{r['official_step_s']:>12.2f}{r['official_step_s'] / r['step_s']:>10.2f}"
+                 if "official_step_s" in r else ""))
+    if official:
+        print("official s: the same step written like the official code "
+              "(benchmarks/reference_pc_darts.py) on this machine; speed-up = official / ours")
     return rows
 
 
