@@ -265,4 +265,4 @@ def test_cli_search_writes_the_run(tmp_path, capsys):
                  "alpha_heatmap.html", "skip_monitor.html"):
         assert (out / name).is_file(), name
     g = pc.Genotype.load(out / "genotype.json")
-    assert f"found:   {g}" in text
+    assert f"found:    {g}" in text
