@@ -56,4 +56,4 @@ clean:
 # saved widget state (anywidget stores plotly.js in it: megabytes per notebook).
 run-notebooks: setup
 	cd notebooks && for nb in *.ipynb; do NAS_TUTORIAL_PRESET=quick ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
-	$(PY) -c "import glob, nbformat; [nbformat.write(nb, p) for p in sorted(glob.glob('notebooks/*.ipynb')) for nb in [nbformat.read(p, 4)] if nb.metadata.pop('widgets', None) is not None or True]"
+	for nb in notebooks/*.ipynb; do $(PY) -c "import sys, nbformat; nb = nbformat.read(sys.argv[1], 4); nb.metadata.pop('widgets', None); nbformat.write(nb, sys.argv[1])" $$nb; done

@@ -8,7 +8,7 @@ configs (search settings) live in the method's module and follow the same patter
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -77,4 +77,4 @@ def preset_name(name: str | None = None) -> str:
     return get_preset(name).name
 
 
-__all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name", "replace"]
+__all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name"]
