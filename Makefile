@@ -8,9 +8,9 @@ PY     := $(VENV)/bin/python
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test unit notebooks lab bench clean graphviz run-notebooks
+.PHONY: setup demo test unit notebooks lab bench clean graphviz fashion-mnist run-notebooks tables
 
-setup: $(STAMP) graphviz
+setup: $(STAMP) graphviz fashion-mnist
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ graphviz:
 	      echo "graphviz: could not install the 'dot' binary; drawings will be skipped (install graphviz with your OS package manager)"; \
 	  else \
 	    echo "graphviz: no 'dot' binary; install it (apt-get install graphviz, brew install graphviz, conda install graphviz) to see cell drawings"; \
+	  fi; }
+
+# Fashion-MNIST, the quick preset's data, offline: Debian's package holds its four files.
+# Elsewhere torchvision downloads it into data/ on first use (see data/README.md).
+fashion-mnist:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte.gz ] || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+	      echo "fashion-mnist: could not install dataset-fashion-mnist; it downloads into data/ on first use when online, else use --dataset digits"; \
+	  else \
+	    echo "fashion-mnist: not installed; 'apt-get install dataset-fashion-mnist' (or it downloads into data/ on first use when online; offline choices: digits, synthetic)"; \
 	  fi; }
 
 demo: setup

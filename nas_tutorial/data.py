@@ -6,14 +6,20 @@ device, and never touch the host inside an epoch (the data-loader stall that SPO
 official code suffered from, see ``performance.md``). Augmentation is the DARTS one
 (random crop with 4-pixel padding at 32x32, horizontal flip, optional cutout).
 
-Datasets: ``cifar10``, ``cifar100``, ``fashion_mnist`` through torchvision (downloaded into
-``data/``); ``digits``, scikit-learn's bundled 8x8 handwritten digits (1,797 real images,
-offline), upscaled; ``synthetic``, random class-dependent tensors of any shape.
+Datasets: ``cifar10``, ``cifar100`` through torchvision (downloaded into ``data/``);
+``fashion_mnist`` (Xiao et al. 2017: 70,000 28x28 grey images of clothes, 10 classes), the
+``quick`` preset's real data, found offline wherever it can be (see :func:`find_fashion_mnist`);
+``digits``, scikit-learn's bundled 8x8 handwritten digits (1,797 real images, offline, the
+zero-dependency fallback and the unit tests' data), upscaled; ``synthetic``, random
+class-dependent tensors of any shape.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 OFFLINE = ("digits", "synthetic")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian/Ubuntu: the four *-ubyte.gz files
 
 
 class DatasetUnavailable(RuntimeError):
@@ -98,7 +105,7 @@ def _load_torchvision(name, train, root, download, timeout_s=30.0):
         where = "data/" if Path(root).resolve() == default_root().resolve() else root
         raise DatasetUnavailable(
             f"could not load {name} into {where} ({reason}); offline choices: "
-            f"{', '.join(OFFLINE)}") from None
+            f"{offline_choices(name)}") from None
     finally:
         socket.setdefaulttimeout(old)
     images = torch.as_tensor(np.asarray(ds.data))
@@ -106,6 +113,93 @@ def _load_torchvision(name, train, root, download, timeout_s=30.0):
     labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
     mean, std = _STATS[name]
     return ImageDataset(name, images.contiguous(), labels, len(ds.classes), mean, std)
+
+
+def offline_choices(name: str = "") -> str:
+    """The one-line hint every failed load ends with."""
+    hint = ", ".join(OFFLINE)
+    if name == "fashion_mnist":
+        hint = (f"apt-get install {FASHION_MNIST_PACKAGE} (then it loads with no network), "
+                f"or the offline sets {hint}")
+    return hint
+
+
+# Fashion-MNIST in the MNIST "idx" format: the same four files in torchvision's folder, in
+# the Debian package and on the dataset's own site.
+_FASHION_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path) -> np.ndarray:
+    """An idx file (gzipped or not) as a numpy array: a 4-byte magic number whose third
+    byte is the type (0x08 = uint8) and fourth the number of dimensions, then one
+    big-endian int32 per dimension, then the data."""
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path.name} is not a uint8 idx file")
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _debian_folder(package: str = FASHION_MNIST_PACKAGE) -> Path | None:
+    """Where the Debian package put its files (``dpkg -L``), or None."""
+    if shutil.which("dpkg") is None:
+        return None
+    try:
+        out = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.endswith("train-images-idx3-ubyte.gz"):
+            return Path(line).parent
+    return None
+
+
+def find_fashion_mnist(root=None) -> Path | None:
+    """The folder holding the four Fashion-MNIST files, found without a network: first
+    torchvision's layout under ``root`` (``data/FashionMNIST/raw``), then the files of
+    the Debian package ``dataset-fashion-mnist``. None when neither has them."""
+    root = Path(root) if root is not None else default_root()
+    for folder in (root / "FashionMNIST" / "raw", _debian_folder()):
+        if folder is not None and all(_idx_file(folder, stem) for pair in
+                                      _FASHION_FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def _load_fashion_mnist(train, root, download):
+    folder = find_fashion_mnist(root)
+    if folder is None:
+        if not download:
+            raise DatasetUnavailable(f"fashion_mnist is not under {root} nor installed; "
+                                     f"offline choices: {offline_choices('fashion_mnist')}")
+        return _load_torchvision("fashion_mnist", train, root, download)
+    images_file, labels_file = (_idx_file(folder, stem) for stem in _FASHION_FILES[train])
+    images = torch.from_numpy(read_idx(images_file).copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    labels = torch.from_numpy(read_idx(labels_file).astype(np.int64))
+    mean, std = _STATS["fashion_mnist"]
+    # Flips: a mirrored shirt or shoe is still one, so flipping is a valid augmentation.
+    return ImageDataset("fashion_mnist", images.contiguous(), labels, 10, mean, std, flip=True)
+
+
+def resize(ds: ImageDataset, size: int) -> ImageDataset:
+    """Square ``size`` images (antialiased bilinear, as uint8); a no-op at native size."""
+    if ds.shape[-1] == size and ds.shape[-2] == size:
+        return ds
+    x = F.interpolate(ds.images.float(), size=(size, size), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return replace(ds, images=x.round_().clamp_(0, 255).to(torch.uint8))
 
 
 def _load_digits(train, size, test_fraction=1 / 6):
@@ -144,21 +238,43 @@ def load(name: str, train: bool = True, root=None, size: int | None = None,
          download: bool = True, device="cpu", n: int | None = None) -> ImageDataset:
     """Load a dataset by name onto ``device``.
 
-    ``size`` resizes ``digits`` (default 16 px) and sets the side of ``synthetic`` images
-    (default 32); ``n`` is the number of synthetic images. Raises :class:`DatasetUnavailable`
-    with a one-line reason when a torchvision dataset cannot be downloaded.
+    ``size`` resizes the images to ``size`` x ``size`` (``digits`` default 16 px, the
+    ``synthetic`` side default 32; other sets keep their native size unless asked);
+    ``n`` keeps ``n`` images (the first ``n`` of a fixed permutation, so smaller subsets
+    are nested in larger ones), or is the number of synthetic images. Raises
+    :class:`DatasetUnavailable` with a one-line reason naming the offline choices when a
+    dataset is neither on disk nor downloadable.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
     root = Path(root) if root is not None else default_root()
-    if name in _TORCHVISION:
+    if name == "fashion_mnist":
+        ds = _load_fashion_mnist(train, root, download)
+    elif name in _TORCHVISION:
         ds = _load_torchvision(name, train, root, download)
     elif name == "digits":
         ds = _load_digits(train, size or 16)
     else:
         side = size or 32
         ds = synthetic(n or (2048 if train else 512), (3, side, side), seed=0 if train else 1)
+    if n is not None and name != "synthetic" and n < len(ds):
+        ds = ds.subset(torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n])
+    if size is not None:
+        ds = resize(ds, size)
     return ds.to(device)
+
+
+def holdout(ds: ImageDataset, valid: int, train: int | None = None, seed: int = 0):
+    """``(train, valid)`` parts of a training set with exact sizes: ``valid`` images held
+    out for measuring (the search's validation accuracy), then ``train`` of the rest (all
+    when None). One fixed permutation, so a smaller ``train`` is nested in a larger one
+    and the validation images never change with it."""
+    if not 0 < valid < len(ds):
+        raise ValueError(f"valid must be between 1 and {len(ds) - 1} images, got {valid}")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    rest = perm[valid:] if train is None else perm[valid:valid + train]
+    dev = ds.images.device
+    return ds.subset(rest.to(dev)), ds.subset(perm[:valid].to(dev))
 
 
 def split(ds: ImageDataset, fraction: float = 0.5, seed: int = 0):

@@ -98,3 +98,98 @@ def test_failed_download_is_one_line_naming_offline_choices(tmp_path, monkeypatc
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="choose one of"):
         nt.data.load("imagenet")
+
+
+def _write_idx(path, array):
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def _fake_fashion(folder, n_train=30, n_test=20):
+    import numpy as np
+
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return raw
+
+
+def test_read_idx_reads_the_mnist_format(tmp_path):
+    import numpy as np
+
+    from nas_tutorial.data import read_idx
+
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "x.gz", a)
+    assert np.array_equal(read_idx(tmp_path / "x.gz"), a)
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01abcd")  # float idx
+    with pytest.raises(ValueError, match="uint8 idx"):
+        read_idx(tmp_path / "bad")
+
+
+def test_fashion_mnist_from_torchvision_folder_without_network(tmp_path, monkeypatch):
+    import torchvision
+
+    _fake_fashion(tmp_path)
+    monkeypatch.setattr(nt.data, "_debian_folder", lambda *a: None)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST",
+                        lambda *a, **k: pytest.fail("must not download"))
+    train = nt.data.load("fashion_mnist", root=tmp_path)
+    test = nt.data.load("fashion_mnist", train=False, root=tmp_path, size=16)
+    assert train.images.shape == (30, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (20, 1, 16, 16) and test.num_classes == 10
+    assert train.labels.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    sub = nt.data.load("fashion_mnist", root=tmp_path, n=10)
+    assert len(sub) == 10
+
+
+def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
+    raw = _fake_fashion(tmp_path / "pkg")
+    monkeypatch.setattr(nt.data, "_debian_folder", lambda *a: raw)
+    assert nt.data.find_fashion_mnist(tmp_path / "empty") == raw
+    assert len(nt.data.load("fashion_mnist", root=tmp_path / "empty")) == 30
+
+
+def test_fashion_mnist_missing_offline_is_one_line(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise RuntimeError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(nt.data, "_debian_folder", lambda *a: None)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    for download in (True, False):
+        with pytest.raises(DatasetUnavailable) as err:
+            nt.data.load("fashion_mnist", root=tmp_path, download=download)
+        msg = str(err.value)
+        assert "\n" not in msg and "dataset-fashion-mnist" in msg and "digits" in msg
+
+
+def test_holdout_has_exact_nested_sizes():
+    ds = nt.data.load("digits")
+    train, valid = nt.data.holdout(ds, 300, 500)
+    bigger, valid2 = nt.data.holdout(ds, 300, 800)
+    assert len(train) == 500 and len(valid) == 300 and len(bigger) == 800
+    assert torch.equal(valid.images, valid2.images)           # the validation set is fixed
+    assert torch.equal(train.images, bigger.images[:500])     # subsets are nested
+    with pytest.raises(ValueError, match="valid must be"):
+        nt.data.holdout(ds, len(ds))
+
+
+def test_installed_fashion_mnist_is_the_real_set():
+    if nt.data.find_fashion_mnist() is None:
+        pytest.skip("Fashion-MNIST is not installed here (make setup installs it)")
+    train = nt.data.load("fashion_mnist", size=16)
+    test = nt.data.load("fashion_mnist", train=False)
+    assert len(train) == 60000 and len(test) == 10000 and train.shape == (1, 16, 16)
+    assert train.labels.bincount().tolist() == [6000] * 10

@@ -1,8 +1,10 @@
 """environment.yml (conda) lists the same dependencies as pyproject.toml."""
+import os
 import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,3 +30,41 @@ def test_environment_yml_matches_pyproject():
     assert "graphviz" in conda, "the graphviz binaries (dot) must be in environment.yml"
     extra = sorted(set(conda) - set(wanted) - {"python", "pip", "graphviz"})
     assert not extra, f"environment.yml has {extra}, pyproject.toml does not"
+
+
+def _fake_bin(folder, **scripts):
+    folder.mkdir()
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("apt", ["fails", "absent"])
+def test_setup_without_fashion_mnist_says_so_in_one_line(tmp_path, apt):
+    """`make setup` installs dataset-fashion-mnist through apt-get; when that is impossible
+    it prints one line naming what to do and goes on (exit 0, no hang)."""
+    import shutil
+    import subprocess
+
+    scripts = {"dpkg": "exit 1"}  # the package is not installed
+    if apt == "fails":
+        scripts["apt-get"] = f"touch {tmp_path}/apt-called; exit 100"
+    fake = _fake_bin(tmp_path / "bin", **scripts)
+    # a PATH with the fake tools and the shell utilities make needs, but no real apt-get
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("sh", "id", "touch", "make", "command", "echo", "test", "["):
+        found = shutil.which(tool)
+        if found:
+            (tools / tool).symlink_to(found)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "-C", str(work),
+                           "fashion-mnist"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{fake}:{tools}"})
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert proc.returncode == 0, proc.stderr
+    assert len(lines) == 1 and "dataset-fashion-mnist" in lines[0] and "digits" in lines[0]
+    assert (tmp_path / "apt-called").exists() == (apt == "fails" and os.getuid() == 0)
