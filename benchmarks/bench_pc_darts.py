@@ -5,8 +5,8 @@ training batch (the official loop), on random CIFAR-shaped data at the same batc
 K. On CPU each configuration runs in its own process and its peak memory is the process's
 peak resident set (``VmHWM``, reset just before the steps) minus the resident set after
 building the network and the batch, so tensors (which tracemalloc cannot see) are counted.
-On CUDA: bf16 autocast, ``torch.cuda.max_memory_allocated``. Every run uses channels_last
-(a 10-15% faster step on CPU, measured).
+On CUDA: bf16 autocast, ``torch.cuda.max_memory_allocated``. The memory layout is the
+search's own (``pc_darts.uses_channels_last``: NHWC on CUDA, and on a CPU only at K=1).
 
     python benchmarks/bench_pc_darts.py                   # CPU, batch 32, 2 threads
     python benchmarks/bench_pc_darts.py --device cuda --batch 256
@@ -73,7 +73,7 @@ def measure(k: int, args) -> dict:
     import torch.nn.functional as F
 
     from nas_tutorial.data import resolve_device
-    from nas_tutorial.pc_darts import Architect, SearchNetwork, get_config
+    from nas_tutorial.pc_darts import Architect, SearchNetwork, get_config, uses_channels_last
     from nas_tutorial.training import autocast
 
     device = resolve_device(args.device)
@@ -83,7 +83,7 @@ def measure(k: int, args) -> dict:
     cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1,
                      compile=args.compile)
     model = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if uses_channels_last(cfg, device) else torch.contiguous_format
     model.to(memory_format=fmt)
     forward = torch.compile(model) if args.compile and cuda else model
     arch = Architect(model, cfg, device, forward=forward)

@@ -25,7 +25,7 @@ Exact rewrites of the official computation, for speed (performance.md):
   for the weights only; the second order step reuses the network in place (the official
   code builds a new network every step); no host sync inside an epoch.
 
-Deviations, all deliberate: the ``quick`` preset is a scaled-down search (digits, 3 nodes,
+Deviations, all deliberate: the ``quick`` preset is a scaled-down search (16 px Fashion-MNIST, 3 nodes,
 10x arch lr) for a CPU; every epoch also evaluates the architecture half (PC-DARTS only
 does it in the last epoch); the unrolled step restores the BN statistics its virtual step
 touched (the official code ran it on a throw-away copy of the network).
@@ -291,7 +291,8 @@ class SearchConfig:
 
     method: str = "pc-darts"       # "pc-darts" or "darts" (names the run; k/edge_norm decide)
     dataset: str = "cifar10"       # one of nas_tutorial.data.DATASETS
-    image_size: int | None = None  # resize offline data (digits/synthetic); None = native
+    image_size: int | None = None  # resize the images to this side; None = native
+    train_images: int | None = None  # a fixed subset of the training set, halved; None = all
     train_portion: float = 0.5     # weights on this half, alpha/beta on the rest (Sec. 2.3)
     C: int = 16                    # initial channels of the supernet
     layers: int = 8                # cells in the supernet
@@ -315,7 +316,7 @@ class SearchConfig:
     steps_per_epoch: int | None = None  # cap on steps per epoch (None = the whole half)
     record_every: int = 0          # also record alpha/beta/genotype every N steps; 0 = off
     amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True     # NHWC memory format (CPU too: 10-15% faster step, measured)
+    channels_last: bool = True     # NHWC memory format (on a CPU only at K=1, see _search)
     compile: bool = False          # torch.compile the supernet (CUDA only)
     cpu_threads: int | None = None  # torch threads for a CPU search, restored after; None = as is
 
@@ -336,9 +337,12 @@ class SearchConfig:
 
 
 PRESETS = {
-    # About a minute on 2 CPU cores: 16 px digits, C=8, 4 cells of 3 nodes, 6 epochs of 6
+    # About a minute on 2 CPU cores: 16 px Fashion-MNIST, C=8, 4 cells of 3 nodes, 6 epochs of 6
     # batches. The arch lr is 10x the paper's: the run has 24 arch steps instead of ~3,400.
-    "quick": SearchConfig(dataset="digits", image_size=16, C=8, layers=4, steps=3,
+    # 4,000 images (two halves of 2,000: 6 steps of 64 per epoch read ~a fifth of a half,
+    # and every epoch evaluates the architecture half).
+    "quick": SearchConfig(dataset="fashion_mnist", image_size=16, train_images=4000,
+                          C=8, layers=4, steps=3,
                           multiplier=3, k=4, epochs=6, batch_size=64, lr=0.1, lr_min=0.0,
                           arch_lr=6e-3, warmup_epochs=2, steps_per_epoch=6,
                           # thousands of tiny ops per step: on a busy 2-core machine two
@@ -542,6 +546,15 @@ def _resolve_config(config, resume):
     return saved
 
 
+def uses_channels_last(config: SearchConfig, device) -> bool:
+    """NHWC for the supernet: on CUDA as configured, on a CPU only at K=1. With partial
+    channels the ops read channel slices of NHWC tensors, which is slower on a CPU (measured
+    at K=4) and, with torch 2.14.1's CPU kernels, corrupts the heap in the backward pass
+    ("corrupted size vs. prev_size", reproduced with the quick search at K=4; K=1 and NCHW
+    run clean)."""
+    return config.channels_last and (torch.device(device).type == "cuda" or config.k == 1)
+
+
 def _search(config, out, resume, device, progress, callback) -> SearchResult:
     ckpt = None
     if resume is not None:
@@ -552,10 +565,11 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
         run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    data = load(config.dataset, train=True, size=config.image_size, device=device)
+    data = load(config.dataset, train=True, size=config.image_size, device=device,
+                n=config.train_images)
     train_ds, valid_ds = split(data, config.train_portion, seed=config.seed)
     cuda = device.type == "cuda"
-    channels_last = config.channels_last
+    channels_last = uses_channels_last(config, device)
     train_loader = DeviceLoader(train_ds, config.batch_size, train=True, seed=config.seed,
                                 drop_last=True, channels_last=channels_last)
     valid_loader = DeviceLoader(valid_ds, config.batch_size, train=True, seed=config.seed + 1,
@@ -683,7 +697,9 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
                                              epochs // 2)
         if dataset is not None:
             overrides["dataset"] = dataset
-            overrides["image_size"] = 16 if dataset == "digits" else None
+            small = dataset == "digits" or (dataset == "fashion_mnist"
+                                            and preset_name(preset) == "quick")
+            overrides["image_size"] = 16 if small else None
         config = get_config(method, preset, **overrides)
         run_dir = Path(out or f"runs/{method}-{preset_name(preset)}-seed{seed}")
     result = search(config, out=run_dir, resume=resume)
