@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     pnas.add_argument("--blocks", type=_positive(), default=None, help="blocks per cell B")
     pnas.add_argument("--beam", type=_positive(), default=None, help="children kept per level K")
     pnas.add_argument("--predictor", choices=("lstm", "mlp-ensemble"), default=None)
+
+    table = sub.add_parser("table", help="train a ground-truth table: pnas, spos or pc-darts")
+    table.add_argument("table_method", metavar="METHOD", choices=("pnas", "spos", "pc-darts"),
+                       help="pnas, spos or pc-darts")
+    table.add_argument("--preset", choices=list(PRESETS), default=None)
+    table.add_argument("--seeds", type=_positive(), default=2, help="seeds per architecture")
+    table.add_argument("--out", default=None, help="table file (default data/tables/METHOD-PRESET.json)")
+    table.add_argument("--resume", action="store_true", help="continue the file --out names")
+    table.add_argument("--threads", type=_positive(), default=1,
+                       help="CPU threads (1 is fastest for these small networks)")
+    table.add_argument("--limit", type=_positive(), default=None, metavar="N",
+                       help="train only the first N architectures (try the protocol)")
+    table.add_argument("--parallel", action="store_true",
+                       help="train a row's seeds at once, a thread each (pnas; same results)")
     return p
 
 
@@ -174,21 +188,38 @@ def _search(args) -> int:
     return 0
 
 
+def _table(args) -> int:
+    from .tables import cli_table
+
+    result = cli_table(args.table_method, args.preset, args.seeds, args.out, args.resume,
+                       args.threads, args.limit, args.parallel)
+    table, s = result["table"], result["table"].stats()
+    print(f"table:    {result['path']}")
+    print(f"rows:     {s['rows']} x {s['seeds']} seeds, {table.header['wall_s']:.0f} s "
+          f"on {table.header['device']}")
+    print(f"noise:    seed SD {s['seed_sd']:.4f}; spread across architectures {s['arch_sd']:.4f}")
+    print(f"ranking:  seed-vs-seed Spearman {s['seed_spearman']:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     from .data import DatasetUnavailable
     from .genotypes import GenotypeError
+    from .tables import TableError
 
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
-    handlers = {"info": _info, "train": _train, "search": _search}
+    handlers = {"info": _info, "train": _train, "search": _search, "table": _table}
     try:
         return handlers[args.command](args)
-    except (CLIError, GenotypeError, DatasetUnavailable, ValueError, FileNotFoundError) as e:
+    except (CLIError, GenotypeError, DatasetUnavailable, TableError, ValueError,
+            FileNotFoundError) as e:
         print(f"nas-tutorial: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("nas-tutorial: interrupted; a search continues with --resume RUN_FOLDER",
-              file=sys.stderr)
+        what = ("a table continues with --resume" if args.command == "table"
+                else "a search continues with --resume RUN_FOLDER")
+        print(f"nas-tutorial: interrupted; {what}", file=sys.stderr)
         return 130
 
 

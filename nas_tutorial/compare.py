@@ -345,7 +345,7 @@ def retrain_data(preset: str | None = None, device="auto"):
     test set for the accuracy (the search never saw it)."""
     p = get_preset(preset)
     device = resolve_device(device)
-    return (load(p.dataset, train=True, size=p.image_size, device=device),
+    return (load(p.dataset, train=True, size=p.image_size, device=device, n=p.train_images),
             load(p.dataset, train=False, size=p.image_size, device=device))
 
 

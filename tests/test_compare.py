@@ -85,10 +85,11 @@ def tiny_config(seed=0):
         retrain=replace(c.retrain, epochs=1, steps_per_epoch=1))
 
 
-def test_get_config_shares_the_seed():
+@pytest.mark.fashion
+def test_get_config_shares_the_seed_and_the_data():
     c = cmp.get_config("quick", seed=7)
     assert c.pc_darts.seed == c.spos.seed == c.pnas.seed == c.retrain.seed == 7
-    assert c.pc_darts.dataset == c.spos.dataset == c.pnas.dataset == "digits"
+    assert c.pc_darts.dataset == c.spos.dataset == c.pnas.dataset == "fashion_mnist"
 
 
 def test_compare_rows_have_every_column(tmp_path):

@@ -1,6 +1,7 @@
 """The shared training loop: it learns, it is repeatable, it keeps a history."""
 from dataclasses import replace
 
+import pytest
 import torch
 
 import nas_tutorial as nt
@@ -55,7 +56,9 @@ def test_drop_path_is_ramped_per_epoch():
     assert [round(p, 6) for p in probs] == [0.0, 0.1, 0.2]
 
 
+@pytest.mark.fashion
 def test_presets():
-    assert nt.get_preset("quick").dataset == "digits"
+    quick = nt.get_preset("quick")
+    assert (quick.dataset, quick.image_size, quick.train_images) == ("fashion_mnist", 16, 5000)
     full = nt.get_preset("full")
     assert (full.channels, full.layers, full.train.epochs, full.train.batch_size) == (36, 20, 600, 96)
