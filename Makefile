@@ -35,8 +35,9 @@ graphviz:
 fashion-mnist:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte.gz ] || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
-	      echo "fashion-mnist: could not install dataset-fashion-mnist; it downloads into data/ on first use when online, else use --dataset digits"; \
+	    (timeout 300 apt-get update -qq -o Acquire::Retries=0 >/dev/null 2>&1 && \
+	     timeout 300 apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) || \
+	      echo "fashion-mnist: could not install dataset-fashion-mnist; it downloads into data/ on first use when online; offline choices: digits, synthetic"; \
 	  else \
 	    echo "fashion-mnist: not installed; 'apt-get install dataset-fashion-mnist' (or it downloads into data/ on first use when online; offline choices: digits, synthetic)"; \
 	  fi; }

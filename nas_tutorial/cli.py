@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="train a ground-truth table: pnas, spos or pc-darts")
     table.add_argument("table_method", metavar="METHOD", choices=("pnas", "spos", "pc-darts"),
                        help="pnas, spos or pc-darts")
-    table.add_argument("--preset", choices=list(PRESETS), default=None)
+    table.add_argument("--preset", choices=list(PRESETS), default="quick")
+    table.add_argument("--device", default="cpu", help="cpu (the shipped tables) or cuda")
     table.add_argument("--seeds", type=_positive(), default=2, help="seeds per architecture")
     table.add_argument("--out", default=None, help="table file (default data/tables/METHOD-PRESET.json)")
     table.add_argument("--resume", action="store_true", help="continue the file --out names")
@@ -192,7 +193,7 @@ def _table(args) -> int:
     from .tables import cli_table
 
     result = cli_table(args.table_method, args.preset, args.seeds, args.out, args.resume,
-                       args.threads, args.limit, args.parallel)
+                       args.threads, args.limit, args.parallel, args.device)
     table, s = result["table"], result["table"].stats()
     print(f"table:    {result['path']}")
     print(f"rows:     {s['rows']} x {s['seeds']} seeds, {table.header['wall_s']:.0f} s "

@@ -341,8 +341,9 @@ def _train_and_test(model, cfg: TrainConfig, train_ds, test_ds, device, progress
 
 
 def retrain_data(preset: str | None = None, device="auto"):
-    """(train, test) of the preset's dataset on ``device``: the whole training set, the
-    test set for the accuracy (the search never saw it)."""
+    """(train, test) of the preset's dataset on ``device``: the preset's training images
+    (``train_images``: a fixed subset, or all), the whole test set for the accuracy (the
+    search never saw it)."""
     p = get_preset(preset)
     device = resolve_device(device)
     return (load(p.dataset, train=True, size=p.image_size, device=device, n=p.train_images),

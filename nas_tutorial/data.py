@@ -92,6 +92,11 @@ _STATS = {  # per-channel mean/std of the training sets (DARTS utils.py for CIFA
 }
 
 
+def _shown(root) -> str:
+    """``data/`` for the default root, else the folder as given (for one-line messages)."""
+    return "data/" if Path(root).resolve() == default_root().resolve() else str(root)
+
+
 def _load_torchvision(name, train, root, download, timeout_s=30.0):
     import torchvision
 
@@ -102,9 +107,8 @@ def _load_torchvision(name, train, root, download, timeout_s=30.0):
         ds = cls(root=str(root), train=train, download=download)
     except Exception as e:  # no network, refused, corrupt archive, missing files
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        where = "data/" if Path(root).resolve() == default_root().resolve() else root
         raise DatasetUnavailable(
-            f"could not load {name} into {where} ({reason}); offline choices: "
+            f"could not load {name} into {_shown(root)} ({reason}); offline choices: "
             f"{offline_choices(name)}") from None
     finally:
         socket.setdefaulttimeout(old)
@@ -182,12 +186,19 @@ def _load_fashion_mnist(train, root, download):
     folder = find_fashion_mnist(root)
     if folder is None:
         if not download:
-            raise DatasetUnavailable(f"fashion_mnist is not under {root} nor installed; "
+            raise DatasetUnavailable(f"fashion_mnist is not in {_shown(root)} nor installed; "
                                      f"offline choices: {offline_choices('fashion_mnist')}")
         return _load_torchvision("fashion_mnist", train, root, download)
     images_file, labels_file = (_idx_file(folder, stem) for stem in _FASHION_FILES[train])
-    images = torch.from_numpy(read_idx(images_file).copy()).unsqueeze(1)  # (N, 1, 28, 28)
-    labels = torch.from_numpy(read_idx(labels_file).astype(np.int64))
+    try:
+        images = torch.from_numpy(read_idx(images_file).copy()).unsqueeze(1)  # (N, 1, 28, 28)
+        labels = torch.from_numpy(read_idx(labels_file).astype(np.int64))
+    except (OSError, EOFError, ValueError) as e:  # truncated or foreign files
+        raise DatasetUnavailable(f"could not read fashion_mnist from {folder} ({e}); "
+                                 f"offline choices: {offline_choices()}") from None
+    if len(images) != len(labels):
+        raise DatasetUnavailable(f"fashion_mnist in {folder} has {len(images)} images but "
+                                 f"{len(labels)} labels; offline choices: {offline_choices()}")
     mean, std = _STATS["fashion_mnist"]
     # Flips: a mirrored shirt or shoe is still one, so flipping is a valid augmentation.
     return ImageDataset("fashion_mnist", images.contiguous(), labels, 10, mean, std, flip=True)

@@ -408,7 +408,7 @@ class ChildTrainer:
         self.config = config
         self.device = resolve_device(device)
         full = load(config.dataset, train=True, size=config.image_size, device=self.device)
-        if config.valid_images is not None:
+        if config.valid_images is not None and config.valid_images < len(full):
             self.train_set, self.valid_set = holdout(full, config.valid_images,
                                                      config.train_images)
         else:

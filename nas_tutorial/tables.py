@@ -12,9 +12,10 @@ of its own, measured with each method's quick protocol:
 - ``pnas``: every 1-block and 2-block cell over the quick op set and random 3-block cells,
   each trained as a PNAS child (``pnas.ChildTrainer``: the search's data, network and
   optimizer; validation accuracy on the held-out images, the search's target);
-- ``spos``: stand-alone paths of the quick supernet space spread over its FLOPs range,
-  trained from scratch (``spos.standalone_config``) and scored on the held-out images the
-  supernet's fitness uses;
+- ``spos``: stand-alone paths of the quick supernet space from its lowest to its highest
+  FLOPs (evenly spaced quantiles of uniformly drawn paths), trained from scratch
+  (``spos.standalone_config``) and scored on all 10,000 held-out images (the supernet's
+  fitness reads the first 2,000 of them);
 - ``pc-darts``: random genotypes of the quick search space (DARTS's random baseline,
   ``compare.random_genotype``) and the published cells, retrained with the quick preset's
   training settings and scored on the test set (``compare.retrain_data``).
@@ -23,8 +24,9 @@ A table is a small JSON file (``data/tables/METHOD-PRESET.json``): a header with
 protocol, the device, the date, the torch version and the wall time; one row per
 architecture with its encoding, params, FLOPs and the accuracy of every seed; and the
 table's own noise and signal (:func:`summarize`). Seed ``s`` of a row is the method's
-training with run seed ``s``, so a search with seed ``s`` that looks a row up sees the
-noise a live training with that seed would give. Making a table checkpoints after every
+training with run seed ``s``, so a search with seed ``s`` (``s`` below the table's number
+of seeds; larger seeds wrap around) that looks a row up sees the noise a live training
+with that seed would give. Making a table checkpoints after every
 row and resumes. Nothing here is imported by the algorithms.
 """
 from __future__ import annotations
@@ -39,7 +41,6 @@ import numpy as np
 import torch
 
 from .checkpoints import write_json
-from .data import default_root
 
 METHODS = ("pnas", "spos", "pc-darts")
 
@@ -126,8 +127,9 @@ def _spos_spec(preset: str, device) -> Spec:
 
     cfg = spos.get_config(preset)
     sc = cfg.supernet
-    # Spread over the FLOPs range: many uniform paths sorted by FLOPs, then evenly spaced
-    # quantiles (uniform paths alone crowd the middle of the range).
+    # From the lowest to the highest FLOPs: 4,000 uniform paths sorted by FLOPs, then evenly
+    # spaced quantiles, so the table follows the FLOPs distribution the supernet's uniform
+    # sampling sees (denser in the middle than at the ends).
     rng = random.Random(TABLE_SEED)
     pool = sorted({spos.random_path(sc, rng) for _ in range(4000)},
                   key=lambda p: (spos.count_flops(p, sc), p))
@@ -207,6 +209,7 @@ def _pc_darts_spec(preset: str, device) -> Spec:
                 note="test accuracy after retraining with the quick preset (compare.retrain)")
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tables"
 TABLE_SEED = 0            # draws the random architectures of every table (not a run seed)
 RANDOM_PNAS_CELLS = 200   # random 3-block cells in the pnas table
 SPOS_PATHS = 32           # stand-alone paths in the spos table
@@ -268,7 +271,9 @@ class Table:
         return summarize(self.complete())
 
     def to_dict(self) -> dict:
-        return {"method": self.method, **self.header, "stats": self.stats(), "rows": self.rows}
+        stats = {k: (None if isinstance(v, float) and np.isnan(v) else v)  # JSON has no NaN
+                 for k, v in self.stats().items()}
+        return {"method": self.method, **self.header, "stats": stats, "rows": self.rows}
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -302,7 +307,9 @@ def summarize(rows) -> dict:
 
 
 def default_path(method: str, preset: str = "quick", root=None) -> Path:
-    folder = Path(root) if root is not None else default_root() / "tables"
+    """``data/tables/METHOD-PRESET.json`` of the repository (the shipped tables live beside
+    the package, whatever ``$NAS_TUTORIAL_DATA`` points the datasets to)."""
+    folder = Path(root) if root is not None else SHIPPED
     return folder / f"{method}-{preset}.json"
 
 
@@ -337,8 +344,8 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
 
     Checkpoints ``out`` after every row; ``resume=True`` continues a file made with the
     same protocol and seeds. ``threads`` sets torch's CPU threads for the run (one is the
-    fastest for these tiny networks on a shared machine). ``limit`` trains only the first
-    ``limit`` rows (a partial table, for trying the protocol). ``parallel=True`` trains the
+    fastest for these tiny networks on a shared machine). ``limit`` trains at most ``limit``
+    new rows, in order (a partial table, for trying the protocol; resume it later). ``parallel=True`` trains the
     seeds of a row at once, one thread each, where the method allows it (pnas), with the
     same results: on a CPU with a core per seed the table takes half the time.
     """
@@ -354,6 +361,8 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
     if resume and not out.is_file():
         raise TableError(f"nothing to resume at {out}")
     old_threads = torch.get_num_threads()
+    if parallel:
+        threads = 1  # one thread per training, so the seeds run side by side
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     try:
@@ -369,17 +378,23 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
                     old.seeds != header["seeds"]:
                 raise TableError(f"{out} was made with another protocol or other seeds; "
                                  f"start a new file with --out")
-            header.update({k: old.header[k] for k in ("created", "wall_s", "device")})
-            done = {r["key"]: r for r in old.rows}
-        todo = s.rows if limit is None else s.rows[:limit]
+            if (old.header.get("torch"), old.header.get("device")) != (header["torch"],
+                                                                        header["device"]):
+                raise TableError(f"{out} was made with torch {old.header.get('torch')} on "
+                                 f"{old.header.get('device')}; resume it there, or start a "
+                                 f"new file with --out")
+            header.update({k: old.header[k] for k in ("created", "wall_s")})
+            done = {r["key"]: r for r in old.rows if len(r.get("accuracy", [])) == seeds}
         table = Table(method, header, [])
-        bar = progress_bar(len(todo) * seeds, f"{method} table", progress)
-        for row in todo:
-            prev = done.get(row["key"])
-            if prev is not None and len(prev["accuracy"]) == seeds:
-                table.rows.append(prev)
-                bar.update(seeds)
+        new = [r for r in s.rows if r["key"] not in done][:limit]
+        bar = progress_bar(len(new) * seeds, f"{method} table", progress)
+        for row in s.rows:
+            if row["key"] in done:
+                table.rows.append(done[row["key"]])
                 continue
+            if not new or row is not new[0]:
+                continue  # beyond --limit: left for a later --resume
+            new.pop(0)
             t0 = time.perf_counter()
             params, flops = s.measure(row["arch"])
             if parallel and s.train_seeds is not None and seeds > 1:
@@ -406,14 +421,12 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
         torch.set_num_threads(old_threads)
 
 
-def cli_table(method, preset=None, seeds=2, out=None, resume=False, threads=1,
-              limit=None, parallel=False) -> dict:
+def cli_table(method, preset="quick", seeds=2, out=None, resume=False, threads=1,
+              limit=None, parallel=False, device="cpu") -> dict:
     """``nas-tutorial table METHOD``: make (or resume) a table and print its summary."""
-    from .config import preset_name
-
-    name = preset_name(preset)
-    table = make(method, name, seeds, out, resume, threads=threads, limit=limit,
-                 parallel=parallel)
+    name = preset or "quick"
+    table = make(method, name, seeds, out, resume, device=device, threads=threads,
+                 limit=limit, parallel=parallel)
     return {"table": table, "path": Path(out) if out else default_path(method, name)}
 
 

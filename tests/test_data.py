@@ -160,6 +160,16 @@ def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     assert len(nt.data.load("fashion_mnist", root=tmp_path / "empty")) == 30
 
 
+def test_corrupt_fashion_mnist_is_one_line(tmp_path, monkeypatch):
+    raw = _fake_fashion(tmp_path)
+    data = (raw / "train-images-idx3-ubyte.gz").read_bytes()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])  # truncated
+    monkeypatch.setattr(nt.data, "_debian_folder", lambda *a: None)
+    with pytest.raises(DatasetUnavailable) as err:
+        nt.data.load("fashion_mnist", root=tmp_path)
+    assert "\n" not in str(err.value) and "digits" in str(err.value)
+
+
 def test_fashion_mnist_missing_offline_is_one_line(tmp_path, monkeypatch):
     import torchvision
 
@@ -177,7 +187,12 @@ def test_fashion_mnist_missing_offline_is_one_line(tmp_path, monkeypatch):
 
 def test_holdout_has_exact_nested_sizes():
     ds = nt.data.load("digits")
+    # images that carry their own index: which ones landed where
+    ds = nt.data.ImageDataset("ids", torch.arange(len(ds)).view(-1, 1, 1, 1), ds.labels, 10,
+                              (0.5,), (0.25,))
     train, valid = nt.data.holdout(ds, 300, 500)
+    ids = lambda part: set(part.images.flatten().tolist())
+    assert not ids(train) & ids(valid)                         # no validation image is trained on
     bigger, valid2 = nt.data.holdout(ds, 300, 800)
     assert len(train) == 500 and len(valid) == 300 and len(bigger) == 800
     assert torch.equal(valid.images, valid2.images)           # the validation set is fixed

@@ -55,7 +55,7 @@ def test_setup_without_fashion_mnist_says_so_in_one_line(tmp_path, apt):
     # a PATH with the fake tools and the shell utilities make needs, but no real apt-get
     tools = tmp_path / "tools"
     tools.mkdir()
-    for tool in ("sh", "id", "touch", "make", "command", "echo", "test", "["):
+    for tool in ("sh", "id", "touch", "make", "timeout", "echo", "test", "["):
         found = shutil.which(tool)
         if found:
             (tools / tool).symlink_to(found)

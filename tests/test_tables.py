@@ -82,6 +82,32 @@ def test_summary_separates_noise_from_signal():
     assert shuffled["seed_spearman"] == pytest.approx(-1.0)
 
 
+def test_parallel_seeds_equal_one_by_one_on_digits():
+    """--parallel trains a row's seeds in threads; the accuracies are those of training
+    them one after the other (here on digits, the unit tests' data)."""
+    spec = tables.spec("pnas", "quick")
+    cell = spec.rows[0]["arch"]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_by_one = [spec.train(cell, s) for s in (0, 1)]
+        together = spec.train_seeds(cell, [0, 1])
+    finally:
+        torch.set_num_threads(old)
+    assert together == one_by_one and one_by_one[0] != one_by_one[1]
+
+
+def test_limit_trains_new_rows_and_keeps_the_old(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(tables._SPECS, "pnas", _fake_spec(calls))
+    out = tmp_path / "t.json"
+    assert len(tables.make("pnas", seeds=1, out=out, limit=2, progress=False)) == 2
+    table = tables.make("pnas", seeds=1, out=out, resume=True, limit=2, progress=False)
+    assert [r["key"] for r in table.rows] == ["a0", "a1", "a2", "a3"]
+    assert [a for a, _ in calls] == [0, 1, 2, 3]  # nothing trained twice
+    assert json.loads(out.read_text())["stats"]["seed_sd"] is None  # one seed: no NaN in JSON
+
+
 def test_cli_table_errors_are_one_line(tmp_path, capsys):
     out = tmp_path / "exists.json"
     out.write_text("{}")
@@ -119,13 +145,13 @@ def test_shipped_table_matches_the_code(method):
 @pytest.mark.fashion
 def test_a_live_row_lands_on_the_recorded_accuracy():
     """Training one row again with the table's protocol and seeds gives the recorded
-    accuracies (exactly on the torch version and device kind that made it; 0.5 points
-    otherwise), one seed at a time and with the seeds in parallel threads."""
+    accuracies (exactly on the torch version and device kind that made it; within three
+    seed SDs otherwise), one seed at a time and with the seeds in parallel threads."""
     table = tables.load("pnas")
     row = table.rows[0]  # a one-block cell: seconds to train
     spec = tables.spec("pnas", "quick")
     same = table.header["torch"] == torch.__version__ and "CPU" in table.header["device"]
-    tol = 1e-6 if same else 5e-3
+    tol = 1e-6 if same else 3 * table.stats()["seed_sd"]  # elsewhere: within seed noise
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
