@@ -141,6 +141,28 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux 4.0+): then the
+    peak is exact, not only as good as the sampling. False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _peak_rss_bytes() is not None
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _release_freed_memory() -> None:
     """Hand memory that ``free`` kept back to the OS (glibc only): otherwise a block that
     runs after a bigger one reuses that memory and shows almost no growth."""
@@ -153,9 +175,11 @@ def _release_freed_memory() -> None:
 class PeakMemory:
     """Peak memory of a block, in MB: ``torch.cuda.max_memory_allocated`` on CUDA; on a CPU
     the peak resident set size above the level at entry (after returning freed memory to the
-    OS), sampled every few milliseconds by a thread (tensor ops release the GIL, so the
-    sampler keeps running during a step). On a CPU it is a rough number: it counts every
-    allocation of the process, the allocator's own caching included."""
+    OS). On Linux the kernel's own peak counter (VmHWM, reset at entry) gives it exactly;
+    elsewhere a thread samples the resident size every few milliseconds (tensor ops release
+    the GIL, so the sampler keeps running during a step) and can miss a short spike. On a
+    CPU it is a rough number: it counts every allocation of the process, the allocator's own
+    caching included."""
 
     def __init__(self, device, interval: float = 0.005):
         self.device, self.interval, self.mb = resolve_device(device), interval, 0.0
@@ -168,6 +192,7 @@ class PeakMemory:
             return self
         _release_freed_memory()
         self._base = self._peak = _rss_bytes()
+        self._kernel_peak = _reset_peak_rss()
         self._stop = threading.Event()
 
         def sample():
@@ -186,6 +211,8 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             peak = max(self._peak, _rss_bytes())
+            if self._kernel_peak:
+                peak = max(peak, _peak_rss_bytes() or 0)
         self.mb = max(peak - self._base, 0) / 2 ** 20
         return False
 
