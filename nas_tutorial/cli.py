@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     pnas.add_argument("--blocks", type=_positive(), default=None, help="blocks per cell B")
     pnas.add_argument("--beam", type=_positive(), default=None, help="children kept per level K")
     pnas.add_argument("--predictor", choices=("lstm", "mlp-ensemble"), default=None)
+    pnas.add_argument("--oracle", choices=("train", "table"), default=None,
+                      help="train each child, or read its accuracy from the ground-truth table")
 
     table = sub.add_parser("table", help="train a ground-truth table: pnas, spos or pc-darts")
     table.add_argument("table_method", metavar="METHOD", choices=("pnas", "spos", "pc-darts"),
@@ -181,7 +183,7 @@ def _search(args) -> int:
         from . import pnas
 
         result = pnas.cli_search(blocks=args.blocks, beam=args.beam, predictor=args.predictor,
-                                 **common)
+                                 oracle=args.oracle, **common)
     print(f"found:    {result['result']}")
     for label, path in result.get("files", {}).items():
         print(f"{label + ':':<10}{path if path is not None else 'skipped (no dot)'}")

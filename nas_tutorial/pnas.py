@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 import warnings
 import zlib
@@ -61,6 +62,12 @@ from .training import evaluate, train
 
 MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
 PREDICTORS = ("lstm", "mlp-ensemble")
+ORACLES = ("train", "table")
+# Settings of the search itself: everything else fixes how a child is trained and scored,
+# which a ground-truth table must share to stand in for training (child_protocol).
+SEARCH_SETTINGS = ("blocks", "beam", "predictor", "seed", "workers", "embed", "hidden",
+                   "ensemble", "fit_steps", "fit_lr", "compare_predictors", "random_baseline",
+                   "oracle")
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -92,6 +99,10 @@ class PNASConfig:
     fit_lr: float = 0.005            # Adam learning rate (ours)
     compare_predictors: bool = True  # also fit the other predictor, for the side-by-side plot
     random_baseline: bool = True     # train as many random B-block cells for comparison
+    # Where a child's accuracy comes from: "train" trains it; "table" reads it from the pnas
+    # ground-truth table (nas_tutorial.tables) for one recorded seed per search seed. With
+    # the table the search runs over the tabulated cells only (see TableOracle).
+    oracle: str = "train"
 
     def __post_init__(self):
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -115,6 +126,8 @@ class PNASConfig:
             raise ValueError("workers, ensemble and fit_steps must be at least 1")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.oracle not in ORACLES:
+            raise ValueError(f"unknown oracle {self.oracle!r}; choose one of {', '.join(ORACLES)}")
 
     @property
     def layers(self) -> int:
@@ -302,6 +315,9 @@ class LSTMPredictor(nn.Module):
         last = out[torch.arange(out.size(0)), 4 * lengths - 1]  # (N, H)
         return torch.sigmoid(self.head(last)).squeeze(1)
 
+    def output_bias(self) -> torch.Tensor:
+        return self.head.bias
+
 
 class MLPPredictor(nn.Module):
     """Mean over blocks of the concatenated 4 token embeddings, then a 2-layer MLP."""
@@ -318,13 +334,19 @@ class MLPPredictor(nn.Module):
         pooled = (x * mask[..., None]).sum(1) / lengths[:, None].float()   # (N, 4D)
         return torch.sigmoid(self.mlp(pooled)).squeeze(1)
 
+    def output_bias(self) -> torch.Tensor:
+        return self.mlp[-1].bias
+
 
 class Surrogate:
     """A fitted accuracy predictor: ``fit(cells, accuracies)``, then ``predict(cells)``.
 
-    ``kind`` is ``lstm`` (one LSTM) or ``mlp-ensemble`` (``ensemble`` MLPs, each fitted on
-    its own random 4/5 of the data, predictions averaged). Runs on the CPU: the models are
-    tiny, and the CPU keeps a fit exactly reproducible.
+    ``kind`` is ``lstm`` or ``mlp-ensemble``; both are ensembles of ``ensemble`` members
+    (5 in the paper's comparison, Sec. 5.2), each fitted from scratch on its own random 4/5
+    of the cells seen so far, predictions averaged. Each member's output bias starts at the
+    logit of the mean target, so the fit spends its steps on the differences between cells,
+    not on the level (ours: the paper gives no schedule or initialisation we could read).
+    Runs on the CPU: the models are tiny, and the CPU keeps a fit exactly reproducible.
     """
 
     def __init__(self, kind: str, ops, embed=100, hidden=100, ensemble=5, steps=300,
@@ -333,8 +355,7 @@ class Surrogate:
             raise ValueError(f"unknown predictor {kind!r}; choose one of {', '.join(PREDICTORS)}")
         self.kind, self.ops, self.steps, self.lr, self.seed = kind, tuple(ops), steps, lr, seed
         self.models = []
-        n = 1 if kind == "lstm" else ensemble
-        for m in range(n):
+        for m in range(ensemble):
             torch.manual_seed(seed * 1000 + m)
             cls = LSTMPredictor if kind == "lstm" else MLPPredictor
             self.models.append(cls(len(self.ops), embed, hidden))
@@ -356,6 +377,9 @@ class Surrogate:
             idx = torch.arange(len(y))
             if len(self.models) > 1 and len(y) >= 5:  # ensemble diversity: 4/5 each
                 idx = torch.randperm(len(y), generator=g)[: max(1, 4 * len(y) // 5)]
+            with torch.no_grad():  # start at the mean accuracy (a logit, for the sigmoid)
+                mean = y[idx].mean().clamp(1e-3, 1 - 1e-3)
+                model.output_bias().fill_(torch.log(mean / (1 - mean)))
             opt = torch.optim.Adam(model.parameters(), lr=self.lr)
             model.train()
             for _ in range(self.steps):
@@ -446,25 +470,84 @@ class ChildTrainer:
             return [f.result() for f in futures]
 
 
+class TableMissing(ValueError):
+    """No ground-truth table holds children trained the way this search trains them."""
+
+
+def find_table(config: PNASConfig, table=None):
+    """The shipped pnas table whose protocol is this config's :func:`child_protocol` (or
+    ``table``, checked the same way); :class:`TableMissing` when there is none."""
+    from . import tables
+
+    want = json.loads(json.dumps(child_protocol(config)))
+    candidates = [table] if table is not None else [
+        tables.load("pnas", path=p) for p in sorted(tables.SHIPPED.glob("pnas-*.json"))]
+    for t in candidates:
+        if t.header.get("protocol") == want:
+            return t
+    raise TableMissing("no pnas ground-truth table matches these child-training settings (the "
+                       "shipped one is the quick preset's); use oracle='train', or make one "
+                       "with `nas-tutorial table pnas`")
+
+
+class TableOracle:
+    """Children's accuracies read from the pnas ground-truth table instead of trained.
+
+    Search seed ``s`` reads the table's recorded seed ``s mod (seeds in the table)``: each
+    search sees one training's noise, as a live search would, and two search seeds can see
+    different noise. The table holds every 1- and 2-block cell of the quick ops but only a
+    fixed random sample of the 3-block cells, so a search with this oracle runs over the
+    tabulated space: a child the table lacks is not a candidate (as with NAS benchmarks).
+    """
+
+    def __init__(self, config: PNASConfig, table=None):
+        self.table = find_table(config, table)
+        seeds = self.table.seeds
+        self.seed = seeds[config.seed % len(seeds)]
+        self._keys = {r["key"] for r in self.table.complete()}
+
+    def __contains__(self, cell) -> bool:
+        return cell_key(cell) in self._keys
+
+    def __call__(self, cells) -> list:
+        missing = [cell_key(c) for c in cells if c not in self]
+        if missing:
+            raise KeyError(f"cell {missing[0]!r} is not in the pnas table")
+        return [self.table.accuracy(cell_key(c), self.seed) for c in cells]
+
+    def mean(self, cell) -> float:
+        """The cell's accuracy averaged over the table's seeds: the best estimate of its
+        true accuracy, used as the truth when scoring predictors."""
+        return self.table.accuracy(cell_key(cell), None)
+
+    def cells(self, blocks: int) -> list:
+        """The tabulated cells of ``blocks`` blocks, in the table's (fixed) order."""
+        return [tuple((str(op), int(i)) for op, i in r["arch"]) for r in self.table.complete()
+                if len(r["arch"]) == 2 * blocks]
+
+
 # -- the progressive search (Sec. 4.1, Algorithm 1) -----------------------------------------
 @dataclass
 class SearchResult:
-    """Everything a search produced; plots and the CLI read this.
+    """Everything a search produced; plots, the summary and the CLI read this.
 
     ``evaluated``: one record per evaluated cell, in order (``cell``, ``key``, ``blocks``,
-    ``accuracy``, ``source`` = pnas | random, ``predicted`` = {predictor: honest prediction}).
-    ``levels``: per b, the number of candidates, the beam keys and the Spearman values.
-    ``holdout``: Spearman of the final surrogates on the random cells (predicted before
-    they were trained; cells PNAS also trained are left out).
-    ``trained``: children actually trained by this call (cached ones excluded).
+    ``accuracy``, ``source`` = pnas | random, ``predicted`` = {predictor: honest prediction
+    made before the cell was trained}).
+    ``levels``: per b, the number of candidates, the beam keys, and for b >= 2 the Spearman
+    correlations of each predictor (fitted on cells of fewer than b blocks) on ``selected``
+    (the K children the search trained, against what it measured) and on ``random`` (a
+    fixed set of tabulated b-block cells, against the table's mean accuracy; only when a
+    table matches the child training), with the ``reference`` predictions behind the latter.
+    ``trained``: children actually trained (or looked up) by this call, cached ones excluded.
     """
 
     config: PNASConfig
     evaluated: list = field(default_factory=list)
     levels: list = field(default_factory=list)
-    holdout: dict = field(default_factory=dict)
     trained: int = 0
     seconds: float = 0.0
+    table_seed: int | None = None
 
     def records(self, source: str = "pnas") -> list:
         return [r for r in self.evaluated if r["source"] == source]
@@ -479,29 +562,51 @@ class SearchResult:
         """The best cell with B blocks (the search's answer), as a genotype."""
         return Genotype.from_cell(self.best["cell"])
 
-    def best_so_far(self, source: str = "pnas") -> list:
-        return np.maximum.accumulate([r["accuracy"] for r in self.records(source)]).tolist()
+    def best_so_far(self, source: str = "pnas", blocks: int | None = None) -> list:
+        """Best accuracy after each model trained by ``source``; with ``blocks``, counting
+        only cells of that many blocks (NaN until the first one): the paper's efficiency
+        curve compares the B-block cells found against the models spent."""
+        best, out = float("nan"), []
+        for r in self.records(source):
+            if blocks is None or r["blocks"] == blocks:
+                best = r["accuracy"] if math.isnan(best) else max(best, r["accuracy"])
+            out.append(best)
+        return out
+
+    def spearman(self, part: str = "random") -> dict:
+        """``{predictor: {b: rho}}`` for ``part`` = random | selected, levels b >= 2."""
+        out = {}
+        for lv in self.levels:
+            for kind, rho in lv.get("spearman", {}).get(part, {}).items():
+                out.setdefault(kind, {})[lv["blocks"]] = rho
+        return out
 
     def to_dict(self) -> dict:
         return {"config": _config_dict(self.config), "evaluated": self.evaluated,
-                "levels": self.levels, "holdout": self.holdout, "trained": self.trained,
-                "seconds": self.seconds}
+                "levels": self.levels, "trained": self.trained, "seconds": self.seconds,
+                "table_seed": self.table_seed}
 
     def __repr__(self) -> str:
         if not self.evaluated:
             return "SearchResult(empty)"
         kind = self.config.predictor
-        rho = ", ".join(f"b={lv['blocks']}: {lv['spearman'].get(kind, float('nan')):.2f}"
-                        for lv in self.levels if lv["spearman"])
+        rho = self.spearman("random").get(kind) or self.spearman("selected").get(kind, {})
+        rho = ", ".join(f"b={b}: {r:.2f}" for b, r in rho.items())
         b = self.best
-        return (f"SearchResult({len(self.records())} PNAS models, best {b['accuracy']:.3f} "
-                f"[{b['key']}], Spearman {rho or 'n/a'})")
+        return (f"SearchResult({len(self.records())} PNAS models ({self.config.oracle}), best "
+                f"{b['accuracy']:.3f} [{b['key']}], {kind} Spearman {rho or 'n/a'})")
 
 
 def _config_dict(config: PNASConfig) -> dict:
     d = asdict(config)
     d["ops"] = list(config.ops)
     return d
+
+
+def child_protocol(config: PNASConfig) -> dict:
+    """The settings that fix a child's accuracy (ops, data, network, training): what a
+    ground-truth table must share with a search to stand in for training its children."""
+    return {k: v for k, v in _config_dict(config).items() if k not in SEARCH_SETTINGS}
 
 
 
@@ -517,45 +622,55 @@ def _load_checkpoint(run_dir: Path, config: PNASConfig) -> dict:
 
 
 def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None = None,
-           run_dir=None, resume: bool = False, device="auto", progress: bool = True
-           ) -> SearchResult:
-    """Run PNAS (Algorithm 1) and, if ``config.random_baseline``, random search.
+           run_dir=None, resume: bool = False, device="auto", progress: bool = True,
+           table=None) -> SearchResult:
+    """Run PNAS (Algorithm 1) and, if ``config.random_baseline``, random search over
+    B-block cells with as many models, both through the same oracle.
 
-    ``train_fn(cells) -> accuracies`` trains children (default: a :class:`ChildTrainer`);
-    tests pass a cheap fake. ``cache`` maps cell keys to accuracies and is filled in place:
-    a cell in it is never trained again (share it between calls with the same child
-    training settings). With ``run_dir`` the cache is checkpointed after every batch of
-    children; ``resume=True`` reloads it and replays the search, whose every other step
-    (surrogate fits, ranking) is seeded, so it reaches the same result.
+    ``config.oracle`` says where accuracies come from: ``train`` (``train_fn(cells) ->
+    accuracies``, default a :class:`ChildTrainer`; tests pass a cheap fake) or ``table``
+    (a :class:`TableOracle` over ``table`` or the shipped table that matches the config).
+    ``cache`` maps cell keys to accuracies and is filled in place: a cell in it is never
+    trained again (share it between calls with the same child training settings). With
+    ``run_dir`` the cache is checkpointed after every batch of children; ``resume=True``
+    reloads it and replays the search, whose every other step (surrogate fits, ranking) is
+    seeded, so it reaches the same result.
     """
     from tqdm.auto import tqdm
 
     config = config or get_config()
     if resume and run_dir is None:
         raise ValueError("resume needs the run folder (run_dir) to resume from")
+    oracle = TableOracle(config, table) if config.oracle == "table" else None
+    try:  # the table that scores the predictors on random cells, when one matches
+        reference = oracle or TableOracle(config, table)
+    except TableMissing:
+        reference = None
     cache = {} if cache is None else cache
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         if resume:
             cache.update(_load_checkpoint(run_dir, config))
         run_dir.mkdir(parents=True, exist_ok=True)
-    train_fn = train_fn or ChildTrainer(config, device)
-    result = SearchResult(config)
+    train_fn = oracle or train_fn or ChildTrainer(config, device)
+    result = SearchResult(config, table_seed=oracle.seed if oracle else None)
     t0 = time.perf_counter()
     n_pnas = len(one_block_cells(config.ops)) + (config.blocks - 1) * config.beam
     n_total = n_pnas * (2 if config.random_baseline else 1)
-    bar = tqdm(total=n_total, desc="PNAS children", disable=not progress, leave=True)
+    bar = tqdm(total=n_total, desc=f"PNAS children ({config.oracle})",
+               disable=not progress, leave=True)
+    batch = config.workers if oracle is None else 10 ** 6  # a lookup needs no batching
 
     def run(cells, source, predicted=None):
         todo = [c for c in cells if cell_key(c) not in cache]
-        for s in range(0, len(todo), config.workers):
-            chunk = todo[s:s + config.workers]
+        for s in range(0, len(todo), batch):
+            chunk = todo[s:s + batch]
             for c, acc in zip(chunk, train_fn(chunk)):
                 cache[cell_key(c)] = float(acc)
             result.trained += len(chunk)
             if run_dir is not None:
                 write_json(run_dir / "checkpoint.json",
-                            {"config": _config_dict(config), "children": cache})
+                           {"config": _config_dict(config), "children": cache})
             bar.update(len(chunk))
         bar.update(len(cells) - len(todo))
         for k, c in enumerate(cells):
@@ -578,56 +693,115 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
 
     for b in range(2, config.blocks + 1):
         children = expand_all(beam, config.ops)
+        if oracle is not None:
+            children = [c for c in children if c in oracle]
+        # Sec. 5.2: a predictor fitted on cells of < b blocks is scored on b-block cells it
+        # has not seen; besides the K it picked, a fixed random set covers the whole range.
+        ref = reference.cells(b) if reference is not None else []
         bar.set_postfix_str(f"b={b}: ranking {len(children)} children")
-        preds = fit_predict(children, seed=config.seed * 100 + b)
+        preds = fit_predict(children + ref, seed=config.seed * 100 + b)
+        ref_preds = {kind: p[len(children):] for kind, p in preds.items()}
+        preds = {kind: p[:len(children)] for kind, p in preds.items()}
         order = np.argsort(-preds[config.predictor], kind="stable")[:config.beam]
         beam = [children[i] for i in order]
         run(beam, "pnas", {kind: p[order] for kind, p in preds.items()})
         truth = [cache[cell_key(c)] for c in beam]
-        result.levels.append({"blocks": b, "candidates": len(children),
-                              "beam": [cell_key(c) for c in beam],
-                              "spearman": {kind: spearman(p[order], truth)
-                                           for kind, p in preds.items()}})
+        level = {"blocks": b, "candidates": len(children), "beam": [cell_key(c) for c in beam],
+                 "spearman": {"selected": {kind: spearman(p[order], truth)
+                                           for kind, p in preds.items()}}}
+        if ref:
+            ref_truth = [reference.mean(c) for c in ref]
+            level["spearman"]["random"] = {kind: spearman(p, ref_truth)
+                                           for kind, p in ref_preds.items()}
+            level["reference"] = {"keys": [cell_key(c) for c in ref], "truth": ref_truth,
+                                  "predicted": {k: [round(float(x), 5) for x in p]
+                                                for k, p in ref_preds.items()}}
+        result.levels.append(level)
     if config.random_baseline:
         bar.set_postfix_str("random baseline")
-        cells = random_cells(len(result.records()), config.blocks, config.ops, config.seed)
-        # The final surrogate also predicts the random cells before they are trained: an
-        # honest check on a sample that, unlike the beam, covers the whole range.
-        preds = fit_predict(cells, seed=config.seed * 100 + config.blocks + 1)
-        run(cells, "random", preds)
-        fresh = [k for k, c in enumerate(cells)
-                 if cell_key(c) not in {r["key"] for r in result.records()}]
-        truth = [cache[cell_key(cells[k])] for k in fresh]
-        result.holdout = {kind: spearman(p[fresh], truth) for kind, p in preds.items()}
+        n = len(result.records())
+        if oracle is not None:  # random search over the tabulated B-block cells
+            pool = oracle.cells(config.blocks)
+            rng = np.random.default_rng(config.seed)
+            cells = [pool[i] for i in rng.permutation(len(pool))[:n]]
+        else:
+            cells = random_cells(n, config.blocks, config.ops, config.seed)
+        run(cells, "random")
     bar.close()
     result.seconds = time.perf_counter() - t0
     return result
 
 
+def _nan_to_none(x):
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def summary(result: SearchResult) -> dict:
+    """A search's headline numbers (``summary.json`` of ``search pnas``): the best B-block
+    cell of PNAS and of random search with the same number of models and oracle, and each
+    predictor's Spearman per level b >= 2 on random unseen cells and on the selected ones."""
+    cfg = result.config
+    pnas_b = [r["accuracy"] for r in result.records("pnas") if r["blocks"] == cfg.blocks]
+    rand_b = [r["accuracy"] for r in result.records("random")]
+    rho = {}
+    for part in ("random", "selected"):
+        for kind, per_level in result.spearman(part).items():
+            rho.setdefault(kind.replace("-", "_"), {"random": {}, "selected": {}})[part] = {
+                str(b): _nan_to_none(r) for b, r in per_level.items()}
+    return {"seed": cfg.seed, "oracle": cfg.oracle, "table_seed": result.table_seed,
+            "blocks": cfg.blocks, "beam": cfg.beam, "predictor": cfg.predictor,
+            "models_trained": len(result.records("pnas")),
+            "best_accuracy": max(pnas_b) if pnas_b else None,
+            "best_cell": result.best["key"] if pnas_b else None,
+            "random_models": len(rand_b),
+            "random_best_accuracy": max(rand_b) if rand_b else None,
+            "spearman": rho, "seconds": round(result.seconds, 2)}
+
+
+def study(config: PNASConfig | None = None, seeds=range(5), table=None,
+          progress: bool = True) -> list:
+    """One search per seed through the table oracle (seconds each): what the notebook's
+    bands are made of. Returns the :class:`SearchResult` of each seed, in order."""
+    from tqdm.auto import tqdm
+
+    config = replace(config or get_config(), oracle="table")
+    return [search(replace(config, seed=s), table=table, progress=False)
+            for s in tqdm(list(seeds), desc="PNAS searches (table)", disable=not progress)]
+
+
 # -- the command line ----------------------------------------------------------------------
 def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, out=None,
-               resume=None) -> dict:
-    """``nas-tutorial search pnas``: run, then write the best cell, all evaluated cells and
-    the figures into the run folder."""
+               resume=None, oracle=None) -> dict:
+    """``nas-tutorial search pnas``: run, then write the best cell, all evaluated cells,
+    ``summary.json`` and the figures into the run folder."""
     from . import pnas_viz
     from .viz import draw_genotype, save_html, save_svg
 
-    config = get_config(preset, blocks=blocks, beam=beam, predictor=predictor, seed=seed)
+    config = get_config(preset, blocks=blocks, beam=beam, predictor=predictor, seed=seed,
+                        oracle=oracle)
+    if config.oracle == "table":
+        find_table(config)  # refuse at once, before a run folder exists
     name = preset_name(preset)
-    run_dir = Path(resume or out or f"runs/pnas-{name}-seed{config.seed}")
+    suffix = "-table" if config.oracle == "table" else ""
+    run_dir = Path(resume or out or f"runs/pnas-{name}{suffix}-seed{config.seed}")
     result = search(config, run_dir=run_dir, resume=resume is not None)
     best = result.best
     result.best_genotype.to_json(run_dir / "best_cell.json", indent=1)
     write_json(run_dir / "cells.json", result.to_dict())
+    write_json(run_dir / "summary.json", summary(result))
     files = {
         "best": run_dir / "best_cell.json",
         "cells": run_dir / "cells.json",
+        "summary": run_dir / "summary.json",
         "scatter": save_html(pnas_viz.plot_predictions(result), run_dir / "predictions.html"),
         "curve": save_html(pnas_viz.plot_efficiency(result), run_dir / "pnas_vs_random.html"),
         "beams": save_svg(pnas_viz.draw_beams(result), run_dir / "beams.svg"),
         "drawing": save_svg(draw_genotype(result.best_genotype, title="best cell"),
                             run_dir / "best_cell.svg"),
     }
+    s = summary(result)
+    rand = s["random_best_accuracy"]
+    versus = f"; random search, same {s['models_trained']} models: {rand:.4f}" if rand else ""
     return {"run_dir": run_dir,
-            "result": f"{best['key']} (validation accuracy {best['accuracy']:.4f})",
+            "result": f"{best['key']} (validation accuracy {best['accuracy']:.4f}{versus})",
             "files": files}

@@ -14,71 +14,191 @@ def _fmt(rho: float) -> str:
     return "n/a" if rho is None or math.isnan(rho) else f"{rho:.2f}"
 
 
+_COLORS = {"lstm": "#4477aa", "mlp-ensemble": "#ee6677", "pnas": "#ee6677", "random": "#4477aa"}
+
+
 def plot_predictions(result):
-    """Honest prediction (made before training) vs true validation accuracy of the trained
-    children, one panel per level (rows) and predictor (columns), plus a last row for the
-    random baseline's cells as predicted by the final surrogates; the hover names the cell
-    and each panel title gives Spearman's rho."""
+    """Predicted vs true accuracy at each level b >= 2 (rows) for each predictor (columns),
+    the predictor fitted on cells of fewer blocks (PNAS Sec. 5.2): grey dots are a fixed
+    set of random b-block cells from the table (truth: the table's mean over its seeds),
+    coloured dots the K children the search picked and trained. Titles give Spearman's rho
+    on both sets; hover names the cell."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    records = result.records("pnas")
-    rows = [(f"b={lv['blocks']}", lv["spearman"],
-             [x for x in records if x["blocks"] == lv["blocks"] and x["predicted"]])
-            for lv in result.levels if lv["spearman"]]
-    if result.holdout:
-        pnas_keys = {x["key"] for x in records}
-        rows.append(("random cells", result.holdout,
-                     [x for x in result.records("random") if x["key"] not in pnas_keys]))
-    if not rows:
+    levels = [lv for lv in result.levels if lv["blocks"] >= 2]
+    if not levels:
         fig = go.Figure()
         fig.update_layout(title="no predictions yet (B = 1: only one-block cells)", height=200)
         return fig
-    kinds = sorted(rows[0][1], key=lambda k: k != result.config.predictor)
-    titles = [f"{kind}, {label}: Spearman {_fmt(rho[kind])}"
-              for label, rho, _ in rows for kind in kinds]
-    fig = make_subplots(rows=len(rows), cols=len(kinds), subplot_titles=titles,
-                        horizontal_spacing=0.12, vertical_spacing=0.25 / len(rows))
-    for r, (_, _, recs) in enumerate(rows, start=1):
-        acc = [x["accuracy"] for x in recs]
-        for c, kind in enumerate(kinds, start=1):
-            pred = [x["predicted"][kind] for x in recs]
-            lo, hi = min(acc + pred), max(acc + pred)
-            fig.add_trace(go.Scatter(x=pred, y=acc, mode="markers", showlegend=False,
-                                     text=[x["key"] for x in recs],
-                                     hovertemplate="%{text}<br>predicted %{x:.3f}"
-                                                   "<br>true %{y:.3f}<extra></extra>",
-                                     marker=dict(size=9, color="#4477aa" if c == 1 else "#ee6677")),
-                          row=r, col=c)
-            fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False,
-                                     hoverinfo="skip", line=dict(color="#bbbbbb", dash="dot")),
-                          row=r, col=c)
-            fig.update_xaxes(title_text="predicted", row=r, col=c)
-            fig.update_yaxes(title_text="true", row=r, col=c)
-    fig.update_layout(title=f"predicted vs true accuracy of the beam (K={result.config.beam}); "
-                            f"{result.config.predictor} chose the beam",
-                      height=260 * len(rows) + 80, margin=dict(l=50, r=20, t=90, b=40))
+    kinds = sorted(levels[0]["spearman"]["selected"], key=lambda k: k != result.config.predictor)
+    titles = []
+    for lv in levels:
+        for kind in kinds:
+            rnd = lv["spearman"].get("random", {}).get(kind)
+            sel = lv["spearman"]["selected"][kind]
+            titles.append(f"{kind}, b={lv['blocks']}: rho random {_fmt(rnd)}, "
+                          f"picked {_fmt(sel)}")
+    fig = make_subplots(rows=len(levels), cols=len(kinds), subplot_titles=titles,
+                        horizontal_spacing=0.1, vertical_spacing=0.3 / len(levels))
+    picked = {}
+    for r in result.records("pnas"):
+        picked.setdefault(r["blocks"], []).append(r)
+    for row, lv in enumerate(levels, start=1):
+        ref = lv.get("reference")
+        recs = [x for x in picked.get(lv["blocks"], []) if x["predicted"]]
+        for col, kind in enumerate(kinds, start=1):
+            first = row == 1 and col == 1
+            if ref:
+                fig.add_trace(go.Scatter(
+                    x=ref["predicted"][kind], y=ref["truth"], mode="markers", text=ref["keys"],
+                    name="random cells (table)", legendgroup="ref", showlegend=first,
+                    marker=dict(size=5, color="#bbbbbb"),
+                    hovertemplate="%{text}<br>predicted %{x:.3f}<br>true %{y:.3f}<extra></extra>"),
+                    row=row, col=col)
+            fig.add_trace(go.Scatter(
+                x=[x["predicted"][kind] for x in recs], y=[x["accuracy"] for x in recs],
+                mode="markers", text=[x["key"] for x in recs], name="picked and trained",
+                legendgroup="sel", showlegend=first,
+                marker=dict(size=9, color=_COLORS.get(kind, "#228833"),
+                            line=dict(width=1, color="white")),
+                hovertemplate="%{text}<br>predicted %{x:.3f}<br>true %{y:.3f}<extra></extra>"),
+                row=row, col=col)
+            fig.update_xaxes(title_text="predicted", row=row, col=col)
+            fig.update_yaxes(title_text="true", row=row, col=col)
+    fig.update_layout(title=f"honest predictions: fitted on fewer blocks, scored on b blocks "
+                            f"({result.config.predictor} picked the K={result.config.beam})",
+                      height=300 * len(levels) + 100, margin=dict(l=50, r=20, t=90, b=40),
+                      legend=dict(orientation="h", y=-0.08))
     return fig
 
 
 def plot_efficiency(result):
-    """Best validation accuracy so far vs number of models trained: PNAS vs random search
-    in the same space with the same budget (PNAS Sec. 5.3, in miniature)."""
+    """Best accuracy of a B-block cell so far vs number of models trained: PNAS vs random
+    search over B-block cells with the same budget and oracle (PNAS Sec. 5.3, like with
+    like: PNAS's smaller cells count as spent models, not as found cells)."""
     import plotly.graph_objects as go
 
+    b = result.config.blocks
     fig = go.Figure()
-    for source, color in (("pnas", "#ee6677"), ("random", "#4477aa")):
-        curve = result.best_so_far(source) if result.records(source) else []
+    for source in ("pnas", "random"):
+        curve = result.best_so_far(source, blocks=b)
         if curve:
-            fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve,
-                                     mode="lines", name=source, line=dict(color=color,
-                                                                          shape="hv")))
+            fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines",
+                                     name=source, line=dict(color=_COLORS[source], shape="hv")))
     edge = 0
     for lv in result.levels:  # mark where each level of PNAS starts
         fig.add_vline(x=edge + 0.5, line=dict(color="#dddddd", dash="dot"))
         edge += sum(1 for r in result.records("pnas") if r["blocks"] == lv["blocks"])
-    fig.update_layout(title="best accuracy so far vs models trained", height=330,
+    fig.update_layout(title=f"best {b}-block cell so far vs models trained "
+                            f"(oracle: {result.config.oracle})", height=330,
                       xaxis_title="models trained", yaxis_title="best validation accuracy",
+                      margin=dict(l=50, r=20, t=60, b=40))
+    return fig
+
+
+def _band(fig, x, curves, name, color, row=None, col=None):
+    import numpy as np
+    import plotly.graph_objects as go
+
+    a = np.asarray(curves, dtype=float)
+    lo, hi, mean = np.nanmin(a, 0), np.nanmax(a, 0), np.nanmean(a, 0)
+    kw = dict(row=row, col=col) if row else {}
+    fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo[::-1]),
+                             fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
+                             hoverinfo="skip", showlegend=False, legendgroup=name), **kw)
+    fig.add_trace(go.Scatter(x=list(x), y=list(mean), mode="lines", name=name,
+                             legendgroup=name, line=dict(color=color, shape="hv")), **kw)
+
+
+def plot_efficiency_study(results, seed_sd: float | None = None):
+    """The efficiency figure over several search seeds: best B-block cell so far vs models
+    trained, mean line and min-max band for PNAS and for random search. ``seed_sd`` (the
+    table's seed-to-seed SD of one training) is drawn as a band around PNAS's final mean:
+    a gap between the curves smaller than that band is noise."""
+    import warnings
+
+    import numpy as np
+    import plotly.graph_objects as go
+
+    b = results[0].config.blocks
+    fig = go.Figure()
+    with warnings.catch_warnings():  # levels before the first B-block cell are all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for source in ("pnas", "random"):
+            curves = [r.best_so_far(source, blocks=b) for r in results]
+            n = min(len(c) for c in curves)
+            _band(fig, range(1, n + 1), [c[:n] for c in curves], f"{source} (mean, min-max)",
+                  _COLORS[source])
+        final = float(np.nanmean([r.best_so_far("pnas", blocks=b)[-1] for r in results]))
+    if seed_sd:
+        fig.add_hrect(y0=final - seed_sd, y1=final + seed_sd, fillcolor="#999999",
+                      opacity=0.15, line_width=0,
+                      annotation_text="± 1 seed SD of one training", annotation_position="left")
+    fig.update_layout(title=f"best {b}-block cell so far vs models trained, "
+                            f"{len(results)} search seeds", height=360,
+                      xaxis_title="models trained", yaxis_title="best validation accuracy",
+                      margin=dict(l=50, r=20, t=60, b=40))
+    return fig
+
+
+def plot_spearman_study(results):
+    """Spearman's rho per level and predictor over several search seeds: on random unseen
+    cells (the paper's measure) and on the K picked children, mean with min-max bars."""
+    import numpy as np
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    parts = [("random", "random unseen cells (table)"), ("selected", "the K picked children")]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[t for _, t in parts], shared_yaxes=True)
+    for col, (part, _) in enumerate(parts, start=1):
+        per_seed = [r.spearman(part) for r in results]
+        kinds = sorted({k for d in per_seed for k in d})
+        for kind in kinds:
+            levels = sorted({b for d in per_seed for b in d.get(kind, {})})
+            vals = np.array([[d.get(kind, {}).get(b, np.nan) for b in levels] for d in per_seed])
+            mean = np.nanmean(vals, 0)
+            fig.add_trace(go.Scatter(
+                x=[f"b={b}" for b in levels], y=mean, mode="markers+lines", name=kind,
+                legendgroup=kind, showlegend=col == 1, line=dict(color=_COLORS[kind]),
+                error_y=dict(type="data", symmetric=False, array=np.nanmax(vals, 0) - mean,
+                             arrayminus=mean - np.nanmin(vals, 0))), row=1, col=col)
+    fig.add_hline(y=0, line=dict(color="#cccccc"))
+    fig.update_yaxes(title_text="Spearman rho", range=[-1.05, 1.05], row=1, col=1)
+    fig.update_layout(title=f"predictor quality over {len(results)} search seeds "
+                            f"(mean, min-max)", height=340, margin=dict(l=50, r=20, t=70, b=40))
+    return fig
+
+
+def plot_seed_noise(table):
+    """How noisy one training is: each tabulated cell's accuracy with one seed against
+    another, one colour per group; the title gives the seed SD and the spread between cells.
+    Points far from the diagonal are cells that one training ranks high and the next low."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    palette = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee"]
+    fig = go.Figure()
+    lo, hi = 1.0, 0.0
+    for k, (group, rows) in enumerate(table.groups().items()):
+        rows = [r for r in rows if len(r.get("accuracy", [])) >= 2]
+        if not rows:
+            continue
+        a = np.array([r["accuracy"][:2] for r in rows])
+        lo, hi = min(lo, a.min()), max(hi, a.max())
+        fig.add_trace(go.Scatter(x=a[:, 0], y=a[:, 1], mode="markers", name=group,
+                                 text=[r["key"] for r in rows],
+                                 marker=dict(size=6, color=palette[k % len(palette)],
+                                             opacity=0.7),
+                                 hovertemplate="%{text}<br>seed 0 %{x:.3f}<br>seed 1 %{y:.3f}"
+                                               "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False,
+                             hoverinfo="skip", line=dict(color="#bbbbbb", dash="dot")))
+    s = table.stats()
+    fig.update_layout(title=f"one training vs another: seed SD {s['seed_sd']:.4f}, spread "
+                            f"between cells {s['arch_sd']:.4f}, seed-vs-seed Spearman "
+                            f"{s['seed_spearman']:.2f}", height=420,
+                      xaxis_title="accuracy, seed 0", yaxis_title="accuracy, seed 1",
                       margin=dict(l=50, r=20, t=60, b=40))
     return fig
 

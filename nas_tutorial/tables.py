@@ -105,10 +105,7 @@ def _pnas_spec(preset: str, device) -> Spec:
             futures = [pool.submit(t._train_one, model, cs, 0) for t, model, cs in jobs]
             return [f.result() for f in futures]
 
-    protocol = {k: v for k, v in pnas._config_dict(config).items()
-                if k not in ("blocks", "beam", "predictor", "seed", "workers", "embed",
-                             "hidden", "ensemble", "fit_steps", "fit_lr",
-                             "compare_predictors", "random_baseline")}
+    protocol = pnas.child_protocol(config)
     return Spec("pnas", rows, protocol, measure,
                 lambda cell, seed: trainer(seed)([_cell(cell)])[0],
                 note="validation accuracy of a PNAS child (pnas.ChildTrainer)",

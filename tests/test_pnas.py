@@ -124,7 +124,8 @@ def test_loop_trains_one_block_cells_plus_K_per_level(blocks, beam):
     assert len(set(trainer.trained)) == expected
     assert result.best["blocks"] == blocks
     for lv in result.levels[1:]:
-        assert len(lv["beam"]) == beam and set(lv["spearman"]) == set(pnas.PREDICTORS)
+        assert len(lv["beam"]) == beam
+        assert set(lv["spearman"]["selected"]) == set(pnas.PREDICTORS)
         assert lv["candidates"] >= beam
 
 
@@ -138,11 +139,15 @@ def test_beam_children_carry_honest_predictions_and_random_baseline_matches_budg
     assert all(set(r["predicted"]) == set(pnas.PREDICTORS) for r in level3)
     rho = pnas.spearman([r["predicted"]["lstm"] for r in level3],
                         [r["accuracy"] for r in level3])
-    assert rho == pytest.approx(result.levels[-1]["spearman"]["lstm"])
-    assert set(result.holdout) == set(pnas.PREDICTORS)
-    assert all(set(r["predicted"]) == set(pnas.PREDICTORS) for r in random_records)
+    assert rho == pytest.approx(result.levels[-1]["spearman"]["selected"]["lstm"])
+    assert "random" not in result.levels[-1]["spearman"]  # no table matches the fake trainer
     curve = result.best_so_far("pnas")
     assert len(curve) == len(pnas_records) and curve == sorted(curve)
+    # The efficiency curve counts only 3-block cells: NaN until PNAS reaches b = 3.
+    curve3 = result.best_so_far("pnas", blocks=3)
+    first3 = next(k for k, r in enumerate(pnas_records) if r["blocks"] == 3)
+    assert all(math.isnan(x) for x in curve3[:first3]) and curve3[-1] == max(
+        r["accuracy"] for r in level3)
 
 
 def test_cache_never_retrains():
@@ -204,9 +209,115 @@ def test_figures_build_from_a_result():
 
     result = pnas.search(tiny(random_baseline=True), train_fn=FakeTrainer(), progress=False)
     fig = pnas_viz.plot_predictions(result)
-    assert "Spearman" in fig.layout.annotations[0].text
+    assert "rho random n/a, picked" in fig.layout.annotations[0].text
     assert len(pnas_viz.plot_efficiency(result).data) == 2
+    config = tiny(oracle="table", random_baseline=True)
+    results = pnas.study(config, seeds=[0, 1], table=fake_table(config), progress=False)
+    assert "rho random" in pnas_viz.plot_predictions(results[0]).layout.annotations[0].text
+    assert len(pnas_viz.plot_efficiency_study(results, seed_sd=0.01).data) == 4
+    assert len(pnas_viz.plot_spearman_study(results).data) == 2 * len(pnas.PREDICTORS)
     assert "cluster_level3" in pnas_viz.draw_beams(result).source
+
+
+# -- the table oracle -------------------------------------------------------------------------
+def fake_table(config, n_three=600, seeds=2, protocol=None):
+    """A pnas table for ``config``'s children: all 1- and 2-block cells and ``n_three``
+    random 3-block cells, accuracy = toy accuracy + a seed-dependent jitter."""
+    from nas_tutorial import tables
+
+    one = pnas.one_block_cells(config.ops)
+    cells = one + pnas.expand_all(one, config.ops) + pnas.random_cells(n_three, 3, config.ops, 7)
+    rows = [{"key": pnas.cell_key(c), "group": f"{len(c) // 2}-block", "arch": [list(p) for p in c],
+             "accuracy": [round(toy_accuracy(c) + 0.01 * ((zlib.crc32(pnas.cell_key(c).encode())
+                                                             >> s) % 7 - 3) / 3, 6)
+                          for s in range(seeds)]} for c in cells]
+    header = {"protocol": protocol or json.loads(json.dumps(pnas.child_protocol(config))),
+              "seeds": list(range(seeds))}
+    return tables.Table("pnas", header, rows)
+
+
+def test_table_oracle_reads_one_recorded_seed_per_search_seed_and_trains_nothing():
+    config = tiny(oracle="table", random_baseline=True, beam=6)
+    table = fake_table(config)
+    for seed, table_seed in ((0, 0), (1, 1), (2, 0)):
+        result = pnas.search(replace(config, seed=seed), table=table, progress=False,
+                             train_fn=lambda cells: pytest.fail("the table oracle trains nothing"))
+        assert result.table_seed == table_seed
+        for r in result.evaluated:
+            assert r["accuracy"] == table.accuracy(r["key"], table_seed)
+    # Level 3 chooses among the tabulated children only; random search draws tabulated cells.
+    three = {pnas.cell_key(c) for c in pnas.TableOracle(config, table).cells(3)}
+    assert result.levels[2]["candidates"] < len(pnas.expand_all(
+        [pnas.canonical(tuple(tuple(p) for p in r["cell"])) for r in result.records()
+         if r["blocks"] == 2], config.ops))
+    assert {r["key"] for r in result.records() if r["blocks"] == 3} <= three
+    assert {r["key"] for r in result.records("random")} <= three
+    assert len(result.records("random")) == len(result.records("pnas"))
+
+
+def test_predictors_are_scored_on_random_unseen_cells_against_the_table_mean():
+    config = tiny(oracle="table", fit_steps=150, ensemble=3, embed=32, hidden=32)
+    table = fake_table(config)
+    result = pnas.search(config, table=table, progress=False)
+    for lv in result.levels[1:]:
+        ref = lv["reference"]
+        assert len(ref["keys"]) == (165 if lv["blocks"] == 2 else 600)
+        assert ref["truth"] == [table.accuracy(k) for k in ref["keys"]]  # mean over seeds
+        for kind in pnas.PREDICTORS:
+            rho = pnas.spearman(ref["predicted"][kind], ref["truth"])
+            assert rho == pytest.approx(lv["spearman"]["random"][kind], abs=1e-3)
+            assert rho > 0.5  # the toy accuracy (share of sep convs) is learnable
+
+
+def test_summary_has_the_contract_keys_and_is_strict_json():
+    config = tiny(oracle="table", random_baseline=True)
+    result = pnas.search(config, table=fake_table(config), progress=False)
+    s = pnas.summary(result)
+    assert {"seed", "oracle", "models_trained", "best_accuracy", "random_best_accuracy",
+            "spearman"} <= set(s)
+    assert s["models_trained"] == 10 + 2 * 4 and s["oracle"] == "table"
+    assert s["best_accuracy"] == max(r["accuracy"] for r in result.records()
+                                     if r["blocks"] == 3)
+    assert set(s["spearman"]) == {"lstm", "mlp_ensemble"}
+    assert set(s["spearman"]["lstm"]["random"]) == {"2", "3"} == set(
+        s["spearman"]["mlp_ensemble"]["selected"])
+    json.loads(json.dumps(s, allow_nan=False))
+
+
+def test_study_runs_one_search_per_seed():
+    config = tiny(oracle="table", random_baseline=True)
+    results = pnas.study(config, seeds=[0, 1, 2], table=fake_table(config), progress=False)
+    assert [r.config.seed for r in results] == [0, 1, 2]
+    assert all(r.config.oracle == "table" for r in results)
+
+
+def test_a_table_of_other_children_is_refused():
+    config = tiny(oracle="table")
+    other = fake_table(config, protocol={"dataset": "cifar10"})
+    with pytest.raises(pnas.TableMissing, match="oracle='train'"):
+        pnas.search(config, table=other, progress=False)
+    with pytest.raises(ValueError, match="oracle"):
+        tiny(oracle="guess")
+
+
+def test_cli_table_oracle_without_a_matching_table_is_one_line_and_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"  # the quick preset is patched to digits here: no table matches it
+    assert cli_main(["search", "pnas", "--preset", "quick", "--oracle", "table",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "table" in err and not out.exists()
+
+
+@pytest.mark.fashion
+def test_shipped_table_drives_the_quick_search_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["search", "pnas", "--preset", "quick", "--oracle", "table",
+                     "--seed", "3", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["oracle"] == "table" and s["table_seed"] == 1 and s["seed"] == 3
+    assert s["models_trained"] == 10 + 2 * pnas.PNAS_PRESETS["quick"].beam
+    assert s["random_best_accuracy"] is not None
+    assert "random search" in capsys.readouterr().out
 
 
 # -- real children --------------------------------------------------------------------------
