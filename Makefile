@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test unit notebooks lab bench clean graphviz fashion-mnist run-notebooks tables
+.PHONY: setup demo test unit notebooks lab bench clean graphviz fashion-mnist chromium run-notebooks html student tables
 
 setup: $(STAMP) graphviz fashion-mnist
 
@@ -48,24 +48,48 @@ demo: setup
 unit: setup
 	$(PY) -m pytest -q tests
 
+# The notebooks always run on the quick preset here, whatever the machine (a GPU would
+# otherwise pick `full`), and without static figure copies (they only matter when saved).
+NB_ENV := NAS_TUTORIAL_PRESET=quick NAS_TUTORIAL_STATIC=0
+
 notebooks: setup
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(NB_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 test: setup
 	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(NB_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
+# JupyterLab refuses to start as root unless told; a container or a classroom VM often is root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# Chromium renders the static copies of the plotly figures (kaleido) and checks the handouts.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (timeout 300 apt-get update -qq >/dev/null 2>&1 && \
+	     timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1) || \
+	      echo "chromium: could not install it; figures stay interactive-only in saved notebooks"; \
+	  else \
+	    echo "chromium: not installed; figures stay interactive-only in saved notebooks (apt-get install chromium)"; \
+	  fi; }
+
+# Learners' copies: the exercise solutions replaced by a stub (nbgrader's ClearSolutions).
+student: setup
+	$(PY) -m nas_tutorial.exercises notebooks student
+
+# Every notebook as self-contained HTML in handouts/, checked in headless Chromium.
+html: setup chromium
+	$(PY) -m nas_tutorial.handouts notebooks --out handouts
 
 bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache handouts student
 
 # Re-execute every notebook on the quick preset (how they are committed), dropping the
 # saved widget state (anywidget stores plotly.js in it: megabytes per notebook).
-run-notebooks: setup
-	cd notebooks && for nb in *.ipynb; do NAS_TUTORIAL_PRESET=quick ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
+run-notebooks: setup chromium
+	cd notebooks && for nb in *.ipynb; do NAS_TUTORIAL_PRESET=quick NAS_TUTORIAL_STATIC=1 ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
 	for nb in notebooks/*.ipynb; do $(PY) -c "import sys, nbformat; nb = nbformat.read(sys.argv[1], 4); nb.metadata.pop('widgets', None); nbformat.write(nb, sys.argv[1])" $$nb; done

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="nas-tutorial",
                                 description="Neural architecture search you can run and read.")
+    p.add_argument("--threads", dest="cpu_threads", type=_positive(), default=1, metavar="N",
+                   help="torch CPU threads (default 1: fastest for these small networks; "
+                        "the notebooks use the same rule)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
@@ -213,6 +216,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
     handlers = {"info": _info, "train": _train, "search": _search, "table": _table}
+    from .notebook import set_threads
+
+    set_threads(args.cpu_threads)
     try:
         return handlers[args.command](args)
     except (CLIError, GenotypeError, DatasetUnavailable, TableError, ValueError,

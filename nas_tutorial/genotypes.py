@@ -143,13 +143,15 @@ class Genotype:
         return (f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
                 f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
 
-    def _repr_svg_(self):
-        # A notebook shows the cell drawing; without graphviz (or its `dot`) fall back to text.
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        # A notebook shows the cell drawing (SVG, and PNG for untrusted notebooks); without
+        # graphviz (or its `dot`) it falls back to the text repr.
         try:
             from .viz import draw_genotype
-            return draw_genotype(self).pipe(format="svg").decode()
+            bundle = draw_genotype(self)._repr_mimebundle_()
         except Exception:
-            return None
+            bundle = {}
+        return {**bundle, "text/plain": repr(self)}
 
 
 def resolve(name_or_path) -> Genotype:

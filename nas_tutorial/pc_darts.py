@@ -599,11 +599,11 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
 
     steps = len(train_loader) if config.steps_per_epoch is None else min(
         len(train_loader), config.steps_per_epoch)
-    from tqdm.auto import tqdm
+    from .training import progress_bar
 
     # closed on any exit, Ctrl-C included, so a notebook shows no stale bar
-    with tqdm(total=config.epochs * steps, initial=start * steps, desc=config.method,
-              disable=not progress) as bar:
+    with progress_bar(config.epochs * steps, config.method, progress,
+                      initial=start * steps) as bar:
         weights = model.weight_parameters()
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()

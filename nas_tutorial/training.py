@@ -166,11 +166,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     return history
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A ``tqdm.auto`` bar (a widget in notebooks, text in a terminal)."""
-    from tqdm.auto import tqdm
+def progress_bar(total: int, desc: str, enabled: bool = True, **kwargs):
+    """A tqdm bar: text in a terminal; in a notebook, text redrawn in place that ends as one
+    line, what ran and how long (``nas_tutorial.notebook.progress_bar``)."""
+    from .notebook import progress_bar as bar
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=True)
+    return bar(total=total, desc=desc, enabled=enabled, **kwargs)
 
 
 def train_genotype(genotype, preset=None, epochs: int | None = None, device="auto",

@@ -26,11 +26,43 @@ def has_dot() -> bool:
     return shutil.which("dot") is not None
 
 
-def new_digraph(name, size=None):
-    """An empty left-to-right Digraph in the package style."""
-    import graphviz
+_DRAWING = []
 
-    g = graphviz.Digraph(name, format="svg")
+
+def _drawing_class():
+    """``Drawing``: a ``graphviz.Digraph`` that shows itself as SVG *and* PNG. JupyterLab
+    does not render SVG from an untrusted notebook (a fresh clone, an nbviewer copy), it
+    does render PNG; a trusted notebook shows the sharper SVG. Made on first use, so
+    graphviz stays out of the import path of the algorithms."""
+    if not _DRAWING:
+        import base64
+
+        import graphviz
+
+        class Drawing(graphviz.Digraph):
+            def _repr_mimebundle_(self, include=None, exclude=None, **_):
+                if not has_dot():
+                    return {"text/plain": f"[drawing '{self.name}': install graphviz (the "
+                                          f"'dot' program) to see it]"}
+                dpi = self.graph_attr.get("dpi")
+                self.graph_attr["dpi"] = "72"  # the PNG is the fallback: keep it small
+                try:
+                    png = base64.b64encode(self.pipe(format="png")).decode("ascii")
+                finally:
+                    if dpi is None:
+                        del self.graph_attr["dpi"]
+                    else:
+                        self.graph_attr["dpi"] = dpi
+                return {"image/svg+xml": self.pipe(format="svg", encoding="utf-8"),
+                        "image/png": png, "text/plain": f"[drawing: {self.name}]"}
+
+        _DRAWING.append(Drawing)
+    return _DRAWING[0]
+
+
+def new_digraph(name, size=None):
+    """An empty left-to-right drawing (a ``graphviz.Digraph``) in the package style."""
+    g = _drawing_class()(name, format="svg")
     g.attr(rankdir="LR", fontname="Helvetica", bgcolor="transparent")
     if size:
         g.attr(size=size)
@@ -44,8 +76,8 @@ def add_cell(g, pairs, concat, prefix="", title=None, weights=None):
     """Add one cell's nodes and edges to ``g`` (a graph or a subgraph)."""
     steps = len(pairs) // 2
     label = {0: "c_{k-2}", 1: "c_{k-1}"}
+    g.node(prefix + "in1", label[1], fillcolor="#d9ead3")  # defined last = drawn on top (LR)
     g.node(prefix + "in0", label[0], fillcolor="#d9ead3")
-    g.node(prefix + "in1", label[1], fillcolor="#d9ead3")
     for i in range(steps):
         g.node(prefix + f"n{i}", str(i), fillcolor="#dde5f0", shape="circle", width="0.35")
     g.node(prefix + "out", "c_{k}", fillcolor="#fce5cd")
@@ -60,6 +92,8 @@ def add_cell(g, pairs, concat, prefix="", title=None, weights=None):
     for i in concat:
         g.edge(prefix + f"n{i - 2}", prefix + "out", color="#999999", style="dashed",
                arrowsize="0.6")
+    for i in range(steps - 1):  # node i above node i + 1 where they share a column
+        g.edge(prefix + f"n{i}", prefix + f"n{i + 1}", style="invis", weight="0")
     if title:
         g.attr(label=title, labelloc="t", fontsize="14")
 
@@ -80,7 +114,8 @@ def draw_genotype(genotype, title: str | None = None, size: str | None = None):
     g = new_digraph("genotype", size)
     same = genotype.normal == genotype.reduce and genotype.normal_concat == genotype.reduce_concat
     cells = ["normal"] if same else ["normal", "reduce"]
-    for cell in cells:
+    # With rankdir=LR dot stacks what is defined last on top: reduce first puts normal on top.
+    for cell in reversed(cells):
         with g.subgraph(name=f"cluster_{cell}") as sub:
             sub.attr(style="rounded", color="#cccccc")
             add_cell(sub, getattr(genotype, cell), getattr(genotype, cell + "_concat"),
@@ -137,33 +172,33 @@ def _fill_history(fig, history):
 
 
 class LivePlot:
-    """A plotly ``FigureWidget`` of the training curves that updates after every epoch:
-    pass ``live.update`` as the ``callback`` of :func:`nas_tutorial.train`.
+    """Training curves that redraw after every epoch: pass ``live.update`` as the
+    ``callback`` of :func:`nas_tutorial.train` (or a search).
 
-    Falls back to a static figure drawn at the end when widgets are not available.
+    A plain plotly figure shown through a display handle and replaced in place, rather than
+    a ``FigureWidget``: the saved notebook then holds the final curves (with their static
+    copy), not an empty widget.
     """
 
     def __init__(self, title: str = "training (live)"):
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        base = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-        base.update_layout(title=title, height=330, margin=dict(l=40, r=20, t=60, b=40))
-        base.update_xaxes(title_text="epoch")
-        try:
-            self.fig = go.FigureWidget(base)
-        except Exception:  # no anywidget/ipywidgets: a plain figure, shown on demand
-            self.fig = base
+        self.fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+        self.fig.update_layout(title=title, height=330, margin=dict(l=40, r=20, t=60, b=40))
+        self.fig.update_xaxes(title_text="epoch")
+        self._handle = None
 
     def update(self, history) -> None:
         _fill_history(self.fig, history)
+        if self._handle is not None:
+            self._handle.update(self.fig)
 
     __call__ = update
 
     def _ipython_display_(self):
         from IPython.display import display
 
-        display(self.fig)
+        self._handle = display(self.fig, display_id=True)
 
 
 # -- differentiable search: alpha/beta evolution (PC-DARTS / DARTS) -------------------------
@@ -257,25 +292,24 @@ def plot_alpha_heatmap(history, epoch: int = -1, effective: bool = True):
     return fig
 
 
-def alpha_slider(history, effective: bool = True):
+def alpha_slider(history, effective: bool = True) -> None:
     """An epoch slider (ipywidgets) that redraws the weight heatmap and the cell derived at
-    that epoch; returns the widget."""
+    that epoch, in place below it (``nas_tutorial.notebook.controls``: the saved notebook
+    keeps the last epoch's picture). Displays; returns None."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     from .genotypes import Genotype
+    from .notebook import controls
 
     def show(epoch):
-        display(plot_alpha_heatmap(history, epoch, effective))
         genotype = Genotype.from_dict(history.genotype[epoch - 1])
-        if has_dot():
-            display(draw_genotype(genotype, title=f"derived at epoch {epoch}"))
-        else:
-            print(f"derived at epoch {epoch}: {genotype}")
+        cell = (draw_genotype(genotype, title=f"derived at epoch {epoch}") if has_dot()
+                else f"derived at epoch {epoch}: {genotype}")
+        return plot_alpha_heatmap(history, epoch, effective), cell
 
     slider = widgets.IntSlider(value=len(history.epoch), min=1, max=max(1, len(history.epoch)),
                                description="epoch", continuous_update=False)
-    return widgets.interactive(show, epoch=slider)
+    controls(show, epoch=slider)
 
 
 def skip_counts(history, cell: str = "normal") -> list:

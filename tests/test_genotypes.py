@@ -58,9 +58,12 @@ def test_genotype_is_immutable_and_hashable():
     assert len({g, nt.GENOTYPES["DARTS_V2"], nt.GENOTYPES["DARTS_V1"]}) == 2
 
 
-def test_svg_repr_draws_the_cell():
-    svg = nt.GENOTYPES["PC_DARTS"]._repr_svg_()
+def test_notebook_repr_draws_the_cell_as_svg_and_png():
+    bundle = nt.GENOTYPES["PC_DARTS"]._repr_mimebundle_()
+    assert bundle["text/plain"] == repr(nt.GENOTYPES["PC_DARTS"])
     if not nt.viz.has_dot():
         pytest.skip("graphviz 'dot' not installed")
+    svg = bundle["image/svg+xml"]
     assert svg.lstrip().startswith("<?xml") or "<svg" in svg
     assert "sep_conv_3x3" in svg
+    assert bundle["image/png"].startswith("iVBOR")  # base64 of the PNG signature

@@ -1,0 +1,148 @@
+"""Handouts: the notebooks as self-contained HTML, and a check of what a reader sees.
+
+``make html`` runs ``python -m nas_tutorial.handouts``: every notebook of ``notebooks/`` is
+exported with nbconvert to ``handouts/NAME.html`` (images inline, no kernel, no network),
+then opened in headless Chromium (Debian's ``chromium``), which counts the figures and
+drawings it actually rendered: ``<img>`` elements that decoded to a picture and inline SVG
+drawings. :func:`figure_outputs` counts what each notebook holds, so the two can be
+compared. No paper here: this is about reading the notebooks, not about NAS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+FIGURE_TYPES = ("application/vnd.plotly.v1+json", "image/svg+xml", "image/png")
+# What a saved notebook must not show a reader without a kernel.
+STALE = {"0%|": "a frozen progress bar", "NBVAL_": "an nbval comment marker",
+         "HBox(children=": "a widget printed as text", "VBox(children=": "a widget printed as text",
+         "interactive(children=": "a widget printed as text",
+         "<graphviz.graphs.Digraph": "a drawing printed as text",
+         "FigureWidget({": "a figure widget printed as text"}
+
+
+def figure_outputs(nb) -> int:
+    """Outputs of a notebook that show a figure or a drawing (plotly, SVG or PNG)."""
+    return sum(1 for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", [])
+               if any(t in out.get("data", {}) for t in FIGURE_TYPES))
+
+
+def problems(nb) -> list:
+    """What a reader without a kernel would see wrong in a saved notebook: stale text (see
+    ``STALE``), a plotly figure without its PNG copy, an SVG drawing without a PNG."""
+    found = []
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            text = out.get("text", "") + "".join(
+                v if isinstance(v, str) else "".join(v) if isinstance(v, list) else ""
+                for key, v in data.items() if key.startswith("text/"))
+            for needle, what in STALE.items():
+                if needle in text:
+                    found.append(f"cell {k}: {what} ({needle!r})")
+            for kind in ("application/vnd.plotly.v1+json", "image/svg+xml"):
+                if kind in data and "image/png" not in data:
+                    found.append(f"cell {k}: {kind} without a PNG copy")
+        if "NBVAL_" in cell.source:
+            found.append(f"cell {k}: an nbval comment marker in the source")
+    return found
+
+
+def export(notebook: Path, out_dir: Path) -> Path:
+    """``notebook`` as one self-contained HTML file in ``out_dir`` (images inline)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(embed_images=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, 4))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / (notebook.stem + ".html")
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+_COUNT_JS = """
+<script>
+window.addEventListener('load', () => {
+  const outs = document.querySelectorAll('.jp-OutputArea-output, .output_area');
+  let imgs = 0, broken = 0, svgs = 0;
+  outs.forEach(o => {
+    o.querySelectorAll('img').forEach(i => { if (i.naturalWidth > 0) imgs++; else broken++; });
+    svgs += o.querySelectorAll(':scope > svg, .jp-RenderedSVG svg, .jp-RenderedImage svg').length;
+  });
+  const p = document.createElement('pre');
+  p.id = 'nas-tutorial-count';
+  p.textContent = JSON.stringify({images: imgs, broken: broken, svg: svgs});
+  document.body.appendChild(p);
+});
+</script>
+"""
+
+
+def browser() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def rendered(html: Path, chromium: str, timeout: int = 120) -> dict:
+    """Open ``html`` in headless Chromium and count the pictures it rendered in outputs."""
+    probe = html.with_suffix(".probe.html")
+    probe.write_text(html.read_text(encoding="utf-8").replace("</body>", _COUNT_JS + "</body>"),
+                     encoding="utf-8")
+    try:
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+             "--dump-dom", probe.resolve().as_uri()],
+            capture_output=True, text=True, timeout=timeout).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    m = re.search(r'<pre id="nas-tutorial-count">(.*?)</pre>', dom)
+    if not m:
+        raise RuntimeError(f"Chromium rendered nothing for {html.name}")
+    return json.loads(m.group(1).replace("&quot;", '"'))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebooks", nargs="?", default="notebooks")
+    ap.add_argument("--out", default="handouts")
+    ap.add_argument("--no-check", action="store_true", help="export only, no Chromium")
+    args = ap.parse_args(argv)
+    import nbformat
+
+    chromium = None if args.no_check else browser()
+    if not args.no_check and chromium is None:
+        print("handouts: no Chromium to check the exports (apt-get install chromium); "
+              "exporting only", file=sys.stderr)
+    bad = 0
+    for nb_path in sorted(Path(args.notebooks).glob("*.ipynb")):
+        nb = nbformat.read(nb_path, 4)
+        html = export(nb_path, Path(args.out))
+        expected, issues = figure_outputs(nb), problems(nb)
+        line = f"{nb_path.name}: {expected} figures and drawings"
+        if chromium:
+            seen = rendered(html, chromium)
+            shown = seen["images"] + seen["svg"]
+            line += f", Chromium rendered {shown} ({seen['images']} images, {seen['svg']} SVG)"
+            if seen["broken"] or shown < expected:
+                bad += 1
+                line += f"  MISSING {expected - shown}, broken {seen['broken']}"
+        if issues:
+            bad += 1
+            line += "; " + "; ".join(issues[:3])
+        print(f"{line} -> {html}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""What a reader sees without a kernel: saved notebooks hold no frozen bars, no widgets
+printed as text, no nbval comments; every figure and drawing has a static copy; the HTML
+export shows a picture for each; `make test` runs the notebooks on the quick preset."""
+import re
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nas_tutorial import handouts
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_reads_well_without_a_kernel(path):
+    nb = nbformat.read(path, 4)
+    assert handouts.problems(nb) == []
+    assert path.stat().st_size < 2.5e6  # static copies, but no bloat
+    assert handouts.figure_outputs(nb) > 0
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[2:3], ids=lambda p: p.name)
+def test_html_export_holds_a_picture_for_every_figure(path, tmp_path):
+    nb = nbformat.read(path, 4)
+    html = handouts.export(path, tmp_path).read_text(encoding="utf-8")
+    pictures = len(re.findall(r"<img[^>]+src=\"data:image/(?:png|svg)", html)) + \
+        html.count("<svg ")
+    assert pictures >= handouts.figure_outputs(nb) > 5
+
+
+def _run(tmp_path, cells, timeout=180):
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    return nb
+
+
+def test_progress_bars_controls_and_drawings_save_as_readers_see_them(tmp_path):
+    nb = _run(tmp_path, [
+        "import nas_tutorial as nt\nnt.notebook.setup(static=False)",
+        "from nas_tutorial.training import progress_bar\nbar = progress_bar(30, 'demo')\n"
+        "for _ in range(30):\n    bar.update(1)\nbar.set_postfix(acc=0.5)\nbar.close()",
+        "import ipywidgets as W\n"
+        "nt.notebook.controls(lambda k: (f'k is {k}', nt.viz.draw_genotype(nt.GENOTYPES['PC_DARTS'])),"
+        " k=W.IntSlider(value=3, description='k'))",
+        "nt.viz.draw_cell(nt.GENOTYPES['DARTS_V2'])",
+    ])
+    bar, ctl, drawing = (c.outputs for c in nb.cells[1:])
+    assert [o["data"]["text/plain"] for o in bar] == ["demo: 30/30 it in 00:00 (acc=0.5)"]
+    assert ctl[0]["data"]["text/plain"] == "[controls: k = 3; run the notebook to use them]"
+    assert "application/vnd.jupyter.widget-view+json" in ctl[0]["data"]
+    assert ctl[1]["data"]["text/plain"] == "k is 3"
+    assert {"image/png", "image/svg+xml"} <= set(ctl[2]["data"]) <= {"image/png", "image/svg+xml", "text/plain"}
+    assert {"image/png", "image/svg+xml"} <= set(drawing[0]["data"])
+    assert handouts.problems(nb) == []
+
+
+def test_plotly_figures_carry_a_png_where_chromium_is_installed(tmp_path):
+    pytest.importorskip("kaleido")
+    if handouts.browser() is None:
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    nb = _run(tmp_path, [
+        "import nas_tutorial as nt\nnt.notebook.setup(static=True)",
+        "import plotly.graph_objects as go\ngo.Figure(go.Bar(x=[1, 2], y=[3, 1]))",
+    ])
+    data = nb.cells[1].outputs[0]["data"]
+    assert data["image/png"].startswith("iVBOR") and "application/vnd.plotly.v1+json" in data
+    assert nb.cells[0].outputs == []  # no warning line when the static copies work
+
+
+def test_make_runs_the_notebooks_on_quick_whatever_the_machine():
+    out = subprocess.run(["make", "-n", "test", "notebooks"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    nb_lines = [line for line in out.splitlines() if "--nbval" in line]
+    assert len(nb_lines) == 2
+    assert all("NAS_TUTORIAL_PRESET=quick" in line for line in nb_lines)
+    lab = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    shell = lab.strip().splitlines()[-1]
+    assert "jupyter lab notebooks" in shell and "--allow-root" in shell
+
+
+def test_one_thread_rule_for_the_notebooks_and_the_cli(monkeypatch):
+    import torch
+
+    from nas_tutorial import notebook
+    from nas_tutorial.cli import main as cli_main
+
+    old = torch.get_num_threads()
+    try:
+        assert cli_main(["--threads", "2", "info", "DARTS_V2", "--layers", "2", "--channels", "4", "--image-size", "8"]) == 0
+        assert torch.get_num_threads() == 2
+        assert cli_main(["info", "DARTS_V2", "--layers", "2", "--channels", "4", "--image-size", "8"]) == 0
+        assert torch.get_num_threads() == 1  # the default, as notebook.setup() sets it
+        assert notebook.set_threads(None) == 1  # None keeps what is set
+    finally:
+        torch.set_num_threads(old)
