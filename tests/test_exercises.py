@@ -1,0 +1,89 @@
+"""Exercises that check themselves: every check says one line (never a traceback) for a
+stub and a wrong answer, the teacher notebooks' solutions pass, and the student copies hold
+stubs instead of solutions."""
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+import nas_tutorial as nt
+from nas_tutorial import exercises, pnas
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[1-5]_*.ipynb"))
+
+
+def _solution_cells(path):
+    nb = nbformat.read(path, 4)
+    return [c for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("solution")]
+
+
+def _run_cell(source):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "<exercise>", "exec"), {"nt": nt, "torch": torch, "pnas": pnas})
+    return out.getvalue()
+
+
+def _stub(*args):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("name", list(exercises.EXERCISES))
+def test_stub_and_wrong_answers_get_one_line(name, capsys):
+    assert exercises.check(name, _stub) is False
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"✗ {name}: not written yet")
+    for wrong in (lambda *a: None, lambda *a: 0, lambda *a: (_ for _ in ()).throw(ValueError("x"))):
+        assert exercises.check(name, wrong) is False
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and out.startswith(f"✗ {name}: ") and "Hint:" in out
+
+
+def test_unknown_exercise_and_non_function_are_one_line(capsys):
+    assert not exercises.check("99.nothing", len)
+    assert not exercises.check("03.channel_shuffle", 3)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "no exercise" in lines[0] and "pass your function" in lines[1]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_teacher_notebook_solutions_pass_their_checks(path):
+    cells = [c for c in _solution_cells(path) if c.cell_type == "code"]
+    names = [re.search(r'check\("([^"]+)"', c.source).group(1) for c in cells]
+    assert len(cells) >= 2 and all(n.startswith(path.name[:2] + ".") for n in names)
+    for cell, name in zip(cells, names):
+        out = _run_cell(cell.source)
+        assert out.startswith(f"✓ {name}: passed"), out
+    answers = [c for c in _solution_cells(path) if c.cell_type == "markdown"]
+    assert len(answers) == 1 and "### BEGIN SOLUTION" in answers[0].source
+
+
+def test_every_exercise_is_in_a_notebook():
+    used = {re.search(r'check\("([^"]+)"', c.source).group(1)
+            for p in NOTEBOOKS for c in _solution_cells(p) if c.cell_type == "code"}
+    assert used == set(exercises.EXERCISES)
+
+
+def test_student_copies_hold_stubs_that_fail_in_one_line(tmp_path):
+    pytest.importorskip("nbgrader")
+    written = exercises.make_student_copies(ROOT / "notebooks", tmp_path)
+    assert len(written) == len(list((ROOT / "notebooks").glob("*.ipynb")))
+    for path in written:
+        text = path.read_text()
+        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+        cells = _solution_cells(path)
+        assert cells, path.name
+        for cell in cells:
+            if cell.cell_type == "markdown":
+                assert "YOUR ANSWER HERE" in cell.source
+                continue
+            assert exercises.STUB in cell.source and cell.outputs == []
+            out = _run_cell(cell.source)  # the stub must not raise out of the cell
+            assert out.count("\n") == 1 and "not written yet" in out, out
+    json.loads((tmp_path / NOTEBOOKS[0].name).read_text())  # valid notebooks
