@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CONDA_NAMES = {"torch": "pytorch", "graphviz": "python-graphviz"}  # PyPI -> conda-forge
+CONDA_NAMES = {"torch": "pytorch", "graphviz": "python-graphviz",  # PyPI -> conda-forge
+               "kaleido": "python-kaleido"}
 
 
 def _name(spec):
