@@ -127,10 +127,27 @@ def show_widget(widget, text: str | None = None) -> None:
         "text/plain": text}, raw=True)
 
 
-def _as_displayable(item):
+class _Bundle:
+    """Shows ``obj`` through its ``_repr_mimebundle_`` only. A plotly figure displays itself
+    through ``_ipython_display_``, which drops the display id: the update then appends a
+    second figure instead of replacing the first."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.obj._repr_mimebundle_(include=include, exclude=exclude)
+
+
+def displayable(item):
+    """What ``display(..., display_id=True)`` can show and later replace in place."""
     from IPython.display import Pretty
 
-    return Pretty(item) if isinstance(item, str) else item
+    if isinstance(item, str):
+        return Pretty(item)
+    if hasattr(item, "_ipython_display_") and hasattr(item, "_repr_mimebundle_"):
+        return _Bundle(item)
+    return item
 
 
 def controls(fn, manual: bool = False, **widgets):
@@ -152,7 +169,7 @@ def controls(fn, manual: bool = False, **widgets):
 
     def render(*_):
         out = fn(**{name: w.value for name, w in widgets.items()})
-        items = [_as_displayable(x) for x in (out if isinstance(out, tuple) else (out,))]
+        items = [displayable(x) for x in (out if isinstance(out, tuple) else (out,))]
         if not handles:
             handles.extend(display(x, display_id=True) for x in items)
         else:

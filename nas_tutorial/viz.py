@@ -189,16 +189,20 @@ class LivePlot:
         self._handle = None
 
     def update(self, history) -> None:
+        from .notebook import displayable
+
         _fill_history(self.fig, history)
         if self._handle is not None:
-            self._handle.update(self.fig)
+            self._handle.update(displayable(self.fig))
 
     __call__ = update
 
     def _ipython_display_(self):
         from IPython.display import display
 
-        self._handle = display(self.fig, display_id=True)
+        from .notebook import displayable
+
+        self._handle = display(displayable(self.fig), display_id=True)
 
 
 # -- differentiable search: alpha/beta evolution (PC-DARTS / DARTS) -------------------------

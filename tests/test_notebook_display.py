@@ -50,15 +50,22 @@ def test_progress_bars_controls_and_drawings_save_as_readers_see_them(tmp_path):
         "nt.notebook.controls(lambda k: (f'k is {k}', nt.viz.draw_genotype(nt.GENOTYPES['PC_DARTS'])),"
         " k=W.IntSlider(value=3, description='k'))",
         "nt.viz.draw_cell(nt.GENOTYPES['DARTS_V2'])",
+        "from IPython.display import display\nlive = nt.viz.LivePlot('live')\ndisplay(live)\n"
+        "h = nt.History()\nfor e in range(1, 4):\n    h.epoch.append(e); h.train_loss.append(1 / e)\n"
+        "    h.train_acc.append(e / 4); h.valid_loss.append(1 / e); h.valid_acc.append(e / 5)\n"
+        "    live.update(h)",
     ])
-    bar, ctl, drawing = (c.outputs for c in nb.cells[1:])
+    bar, ctl, drawing, live = (c.outputs for c in nb.cells[1:])
+    assert len(live) == 1  # the live plot is replaced in place, not appended per epoch
+    assert len(live[0]["data"]["application/vnd.plotly.v1+json"]["data"][0]["x"]) == 3
     assert [o["data"]["text/plain"] for o in bar] == ["demo: 30/30 it in 00:00 (acc=0.5)"]
     assert ctl[0]["data"]["text/plain"] == "[controls: k = 3; run the notebook to use them]"
     assert "application/vnd.jupyter.widget-view+json" in ctl[0]["data"]
     assert ctl[1]["data"]["text/plain"] == "k is 3"
     assert {"image/png", "image/svg+xml"} <= set(ctl[2]["data"]) <= {"image/png", "image/svg+xml", "text/plain"}
     assert {"image/png", "image/svg+xml"} <= set(drawing[0]["data"])
-    assert handouts.problems(nb) == []
+    # static copies were off here: the one plotly figure is the one problem found
+    assert handouts.problems(nb) == ["cell 4: application/vnd.plotly.v1+json without a PNG copy"]
 
 
 def test_plotly_figures_carry_a_png_where_chromium_is_installed(tmp_path):
