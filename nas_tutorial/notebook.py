@@ -136,7 +136,12 @@ class _Bundle:
         self.obj = obj
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.obj._repr_mimebundle_(include=include, exclude=exclude)
+        bundle = self.obj._repr_mimebundle_(include=include, exclude=exclude)
+        return {**bundle, "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        title = getattr(getattr(getattr(self.obj, "layout", None), "title", None), "text", None)
+        return f"[figure: {title}]" if title else "[figure]"
 
 
 def displayable(item):

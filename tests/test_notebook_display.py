@@ -57,6 +57,7 @@ def test_progress_bars_controls_and_drawings_save_as_readers_see_them(tmp_path):
     ])
     bar, ctl, drawing, live = (c.outputs for c in nb.cells[1:])
     assert len(live) == 1  # the live plot is replaced in place, not appended per epoch
+    assert live[0]["data"]["text/plain"] == "[figure: live]"
     assert len(live[0]["data"]["application/vnd.plotly.v1+json"]["data"][0]["x"]) == 3
     assert [o["data"]["text/plain"] for o in bar] == ["demo: 30/30 it in 00:00 (acc=0.5)"]
     assert ctl[0]["data"]["text/plain"] == "[controls: k = 3; run the notebook to use them]"
