@@ -37,15 +37,18 @@ def main():
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 300])
     ap.add_argument("--lr", type=float, nargs="+", default=[0.01, 0.003])
     ap.add_argument("--beam", type=int, nargs="+", default=[8])
+    ap.add_argument("--predictor", nargs="+", default=["lstm"], help="the one that picks the beam")
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
     ap.add_argument("--out", default=None, help="append one JSON line per setting")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = pnas.get_config("quick", oracle="table")
-    for steps, lr, beam in itertools.product(args.steps, args.lr, args.beam):
+    for steps, lr, beam, kind in itertools.product(args.steps, args.lr, args.beam,
+                                                   args.predictor):
         t0 = time.perf_counter()
-        cfg = replace(base, fit_steps=steps, fit_lr=lr, beam=beam)
-        row = {"fit_steps": steps, "fit_lr": lr, "beam": beam, **score(cfg, args.seeds),
+        cfg = replace(base, fit_steps=steps, fit_lr=lr, beam=beam, predictor=kind)
+        row = {"fit_steps": steps, "fit_lr": lr, "beam": beam, "predictor": kind,
+               **score(cfg, args.seeds),
                "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
         if args.out:

@@ -208,7 +208,7 @@ def _pc_darts_spec(preset: str, device) -> Spec:
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tables"
 TABLE_SEED = 0            # draws the random architectures of every table (not a run seed)
-RANDOM_PNAS_CELLS = 200   # random 3-block cells in the pnas table
+RANDOM_PNAS_CELLS = 400   # random 3-block cells in the pnas table
 SPOS_PATHS = 32           # stand-alone paths in the spos table
 PC_DARTS_RANDOM = 24      # random genotypes in the pc-darts table (DARTS: best of 24)
 _SPECS = {"pnas": _pnas_spec, "spos": _spos_spec, "pc-darts": _pc_darts_spec}
