@@ -276,28 +276,45 @@ EXERCISES = {e.name: e for e in (
 )}
 
 
-def check(name: str, fn) -> bool:
-    """Run exercise ``name`` on ``fn``; print one line; True when it passed."""
+class Result:
+    """What :func:`check` returns: true when the exercise passed. Shows nothing as a cell's
+    last value (the one line printed by ``check`` says it all)."""
+
+    def __init__(self, passed: bool):
+        self.passed = passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return "passed" if self.passed else "not passed"
+
+    def _ipython_display_(self):
+        pass
+
+
+def check(name: str, fn) -> Result:
+    """Run exercise ``name`` on ``fn``; print one line; a true :class:`Result` if it passed."""
     ex = EXERCISES.get(name)
     if ex is None:
         print(f"no exercise {name!r}; there are: {', '.join(EXERCISES)}")
-        return False
+        return Result(False)
     if not callable(fn):
         print(f"✗ {name}: pass your function itself, not {_fmt(fn)}")
-        return False
+        return Result(False)
     try:
         ex.run(fn)
     except NotImplementedError:
         print(f"✗ {name}: not written yet (replace `raise NotImplementedError` with your code)")
-        return False
+        return Result(False)
     except _Failure as e:
         print(f"✗ {name}: {e}. Hint: {ex.hint}")
-        return False
+        return Result(False)
     except Exception as e:  # the learner's code raised: say where, not a traceback
         print(f"✗ {name}: your function raised {type(e).__name__}: {str(e)[:120]}. Hint: {ex.hint}")
-        return False
+        return Result(False)
     print(f"✓ {name}: passed on {ex.cases} inputs")
-    return True
+    return Result(True)
 
 
 STUB = 'raise NotImplementedError("write your solution here")'

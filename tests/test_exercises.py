@@ -36,11 +36,11 @@ def _stub(*args):
 
 @pytest.mark.parametrize("name", list(exercises.EXERCISES))
 def test_stub_and_wrong_answers_get_one_line(name, capsys):
-    assert exercises.check(name, _stub) is False
+    assert not exercises.check(name, _stub)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith(f"✗ {name}: not written yet")
     for wrong in (lambda *a: None, lambda *a: 0, lambda *a: (_ for _ in ()).throw(ValueError("x"))):
-        assert exercises.check(name, wrong) is False
+        assert not exercises.check(name, wrong)
         out = capsys.readouterr().out
         assert out.count("\n") == 1 and out.startswith(f"✗ {name}: ") and "Hint:" in out
 
@@ -87,3 +87,9 @@ def test_student_copies_hold_stubs_that_fail_in_one_line(tmp_path):
             out = _run_cell(cell.source)  # the stub must not raise out of the cell
             assert out.count("\n") == 1 and "not written yet" in out, out
     json.loads((tmp_path / NOTEBOOKS[0].name).read_text())  # valid notebooks
+
+
+def test_a_passed_check_is_true_and_shows_nothing_as_a_cell_value(capsys):
+    result = exercises.check("01.darts_cell_count", exercises.darts_cell_count)
+    assert result and repr(result) == "passed" and result._ipython_display_() is None
+    assert capsys.readouterr().out.startswith("✓ 01.darts_cell_count: passed")
