@@ -83,14 +83,14 @@ def test_plotly_figures_carry_a_png_where_chromium_is_installed(tmp_path):
 
 
 def test_make_runs_the_notebooks_on_quick_whatever_the_machine():
-    out = subprocess.run(["make", "-n", "test", "notebooks"], cwd=ROOT, capture_output=True,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "test", "notebooks"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     nb_lines = [line for line in out.splitlines() if "--nbval" in line]
     assert len(nb_lines) == 2
     assert all("NAS_TUTORIAL_PRESET=quick" in line for line in nb_lines)
-    lab = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True,
+    lab = subprocess.run(["make", "--no-print-directory", "-n", "lab"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
-    shell = lab.strip().splitlines()[-1]
+    shell = next(line for line in lab.splitlines() if "jupyter lab" in line)
     assert "jupyter lab notebooks" in shell and "--allow-root" in shell
 
 
