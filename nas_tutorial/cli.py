@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--seeds", type=_positive(), default=2, help="seeds per architecture")
     table.add_argument("--out", default=None, help="table file (default data/tables/METHOD-PRESET.json)")
     table.add_argument("--resume", action="store_true", help="continue the file --out names")
-    table.add_argument("--threads", type=_positive(), default=1,
-                       help="CPU threads (1 is fastest for these small networks)")
+    table.add_argument("--threads", type=_positive(), default=None,
+                       help="CPU threads for the table (default: the global --threads, 1)")
     table.add_argument("--limit", type=_positive(), default=None, metavar="N",
                        help="train only the first N architectures (try the protocol)")
     table.add_argument("--parallel", action="store_true",
@@ -216,8 +216,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
     handlers = {"info": _info, "train": _train, "search": _search, "table": _table}
+    import torch
+
     from .notebook import set_threads
 
+    threads = torch.get_num_threads()
     set_threads(args.cpu_threads)
     try:
         return handlers[args.command](args)
@@ -230,6 +233,8 @@ def main(argv=None) -> int:
                 else "a search continues with --resume RUN_FOLDER")
         print(f"nas-tutorial: interrupted; {what}", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process keeps its own
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 FIGURE_TYPES = ("application/vnd.plotly.v1+json", "image/svg+xml", "image/png")
 # What a saved notebook must not show a reader without a kernel.
+# ("0%|" is matched as a bar at 0%, not inside 10% or 100%.)
 STALE = {"0%|": "a frozen progress bar", "NBVAL_": "an nbval comment marker",
          "HBox(children=": "a widget printed as text", "VBox(children=": "a widget printed as text",
          "interactive(children=": "a widget printed as text",
@@ -46,7 +47,7 @@ def problems(nb) -> list:
                 v if isinstance(v, str) else "".join(v) if isinstance(v, list) else ""
                 for key, v in data.items() if key.startswith("text/"))
             for needle, what in STALE.items():
-                if needle in text:
+                if re.search(r"(?<![\d.])0%\|" if needle == "0%|" else re.escape(needle), text):
                     found.append(f"cell {k}: {what} ({needle!r})")
             for kind in ("application/vnd.plotly.v1+json", "image/svg+xml"):
                 if kind in data and "image/png" not in data:
@@ -131,7 +132,12 @@ def main(argv=None) -> int:
         expected, issues = figure_outputs(nb), problems(nb)
         line = f"{nb_path.name}: {expected} figures and drawings"
         if chromium:
-            seen = rendered(html, chromium)
+            try:
+                seen = rendered(html, chromium)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                bad += 1
+                print(f"{line}; Chromium could not render it ({type(e).__name__}) -> {html}")
+                continue
             shown = seen["images"] + seen["svg"]
             line += f", Chromium rendered {shown} ({seen['images']} images, {seen['svg']} SVG)"
             if seen["broken"] or shown < expected:

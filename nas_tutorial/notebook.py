@@ -21,9 +21,9 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 
 STATIC_ENV = "NAS_TUTORIAL_STATIC"   # "0": no static copies of figures (tests run faster)
-_state = {"static": False}
 
 
 def in_kernel() -> bool:
@@ -94,10 +94,10 @@ def setup(threads: int | None = 1, static: bool | None = None) -> None:
     if static is None:
         static = os.environ.get(STATIC_ENV, "1") != "0"
     if not static:
-        _state["static"] = False
+        if "plotly.io" in sys.modules:  # undo an earlier setup(static=True)
+            sys.modules["plotly.io"].renderers.default = "plotly_mimetype"
         return
     why = _start_static_figures()
-    _state["static"] = why is None
     if why:
         print(f"figures: interactive only ({why}); they show in JupyterLab, not in exports")
 

@@ -513,6 +513,10 @@ class TableOracle:
 
     def __init__(self, config: PNASConfig, table=None):
         self.table = find_table(config, table)
+        most = max(len(r["arch"]) // 2 for r in self.table.complete())
+        if config.blocks > most:
+            raise TableMissing(f"the pnas table holds cells of up to {most} blocks, not "
+                               f"{config.blocks}; use blocks <= {most} or oracle='train'")
         seeds = self.table.seeds
         self.seed = seeds[config.seed % len(seeds)]
         self._keys = {r["key"] for r in self.table.complete()}
@@ -626,6 +630,7 @@ def _load_checkpoint(run_dir: Path, config: PNASConfig) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no PNAS checkpoint in {run_dir} (expected {path.name})")
     state = json.loads(path.read_text())
+    state["config"].setdefault("oracle", "train")  # checkpoints from before the oracle
     if state["config"] != _config_dict(config):
         raise ValueError(f"{run_dir} was made with other settings; resume it with the same "
                          f"preset and flags, or start a new run folder")
@@ -653,10 +658,12 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
     if resume and run_dir is None:
         raise ValueError("resume needs the run folder (run_dir) to resume from")
     oracle = TableOracle(config, table) if config.oracle == "table" else None
+    from .tables import TableError
+
     try:  # the table that scores the predictors on random cells, when one matches
         reference = oracle or TableOracle(config, table)
-    except TableMissing:
-        reference = None
+    except (TableMissing, TableError, FileNotFoundError):
+        reference = None  # no usable table: only the picked children are scored
     cache = {} if cache is None else cache
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
@@ -689,56 +696,58 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
                                      "blocks": len(c) // 2, "accuracy": cache[cell_key(c)],
                                      "source": source, "predicted": pred})
 
-    beam = one_block_cells(config.ops)
-    run(beam, "pnas")
-    result.levels.append({"blocks": 1, "candidates": len(beam),
-                          "beam": [cell_key(c) for c in beam], "spearman": {}})
-    kinds = PREDICTORS if config.compare_predictors else (config.predictor,)
+    try:  # the bar closes on any exit, Ctrl-C included (no stale line in a later cell)
+        beam = one_block_cells(config.ops)
+        run(beam, "pnas")
+        result.levels.append({"blocks": 1, "candidates": len(beam),
+                              "beam": [cell_key(c) for c in beam], "spearman": {}})
+        kinds = PREDICTORS if config.compare_predictors else (config.predictor,)
 
-    def fit_predict(cells, seed):
-        seen = [(tuple(tuple(p) for p in r["cell"]), r["accuracy"]) for r in result.records()]
-        return {kind: Surrogate.from_config(kind, config, seed=seed)
-                .fit([c for c, _ in seen], [a for _, a in seen]).predict(cells)
-                for kind in kinds}
+        def fit_predict(cells, seed):
+            seen = [(tuple(tuple(p) for p in r["cell"]), r["accuracy"]) for r in result.records()]
+            return {kind: Surrogate.from_config(kind, config, seed=seed)
+                    .fit([c for c, _ in seen], [a for _, a in seen]).predict(cells)
+                    for kind in kinds}
 
-    for b in range(2, config.blocks + 1):
-        children = expand_all(beam, config.ops)
-        if oracle is not None:
-            children = [c for c in children if c in oracle]
-        # Sec. 5.2: a predictor fitted on cells of < b blocks is scored on b-block cells it
-        # has not seen; besides the K it picked, a fixed random set covers the whole range.
-        ref = reference.cells(b) if reference is not None else []
-        bar.set_postfix_str(f"b={b}: ranking {len(children)} children")
-        preds = fit_predict(children + ref, seed=config.seed * 100 + b)
-        ref_preds = {kind: p[len(children):] for kind, p in preds.items()}
-        preds = {kind: p[:len(children)] for kind, p in preds.items()}
-        order = np.argsort(-preds[config.predictor], kind="stable")[:config.beam]
-        beam = [children[i] for i in order]
-        run(beam, "pnas", {kind: p[order] for kind, p in preds.items()})
-        truth = [cache[cell_key(c)] for c in beam]
-        level = {"blocks": b, "candidates": len(children), "beam": [cell_key(c) for c in beam],
-                 "spearman": {"selected": {kind: spearman(p[order], truth)
-                                           for kind, p in preds.items()}}}
-        if ref:
-            ref_truth = [reference.mean(c) for c in ref]
-            level["spearman"]["random"] = {kind: spearman(p, ref_truth)
-                                           for kind, p in ref_preds.items()}
-            level["reference"] = {"keys": [cell_key(c) for c in ref], "truth": ref_truth,
-                                  "predicted": {k: [round(float(x), 5) for x in p]
-                                                for k, p in ref_preds.items()}}
-        result.levels.append(level)
-    if config.random_baseline:
-        bar.set_postfix_str("random baseline")
-        n = len(result.records())
-        if oracle is not None:  # random search over the tabulated B-block cells
-            pool = oracle.cells(config.blocks)
-            rng = np.random.default_rng(config.seed)
-            cells = [pool[i] for i in rng.permutation(len(pool))[:n]]
-        else:
-            cells = random_cells(n, config.blocks, config.ops, config.seed)
-        run(cells, "random")
-    bar.set_postfix_str("")
-    bar.close()
+        for b in range(2, config.blocks + 1):
+            children = expand_all(beam, config.ops)
+            if oracle is not None:
+                children = [c for c in children if c in oracle]
+            # Sec. 5.2: a predictor fitted on cells of < b blocks is scored on b-block cells it
+            # has not seen; besides the K it picked, a fixed random set covers the whole range.
+            ref = reference.cells(b) if reference is not None else []
+            bar.set_postfix_str(f"b={b}: ranking {len(children)} children")
+            preds = fit_predict(children + ref, seed=config.seed * 100 + b)
+            ref_preds = {kind: p[len(children):] for kind, p in preds.items()}
+            preds = {kind: p[:len(children)] for kind, p in preds.items()}
+            order = np.argsort(-preds[config.predictor], kind="stable")[:config.beam]
+            beam = [children[i] for i in order]
+            run(beam, "pnas", {kind: p[order] for kind, p in preds.items()})
+            truth = [cache[cell_key(c)] for c in beam]
+            level = {"blocks": b, "candidates": len(children), "beam": [cell_key(c) for c in beam],
+                     "spearman": {"selected": {kind: spearman(p[order], truth)
+                                               for kind, p in preds.items()}}}
+            if ref:
+                ref_truth = [reference.mean(c) for c in ref]
+                level["spearman"]["random"] = {kind: spearman(p, ref_truth)
+                                               for kind, p in ref_preds.items()}
+                level["reference"] = {"keys": [cell_key(c) for c in ref], "truth": ref_truth,
+                                      "predicted": {k: [round(float(x), 5) for x in p]
+                                                    for k, p in ref_preds.items()}}
+            result.levels.append(level)
+        if config.random_baseline:
+            bar.set_postfix_str("random baseline")
+            n = len(result.records())
+            if oracle is not None:  # random search over the tabulated B-block cells
+                pool = oracle.cells(config.blocks)
+                rng = np.random.default_rng(config.seed)
+                cells = [pool[i] for i in rng.permutation(len(pool))[:n]]
+            else:
+                cells = random_cells(n, config.blocks, config.ops, config.seed)
+            run(cells, "random")
+        bar.set_postfix_str("")
+    finally:
+        bar.close()
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -418,7 +418,7 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
         torch.set_num_threads(old_threads)
 
 
-def cli_table(method, preset="quick", seeds=2, out=None, resume=False, threads=1,
+def cli_table(method, preset="quick", seeds=2, out=None, resume=False, threads=None,
               limit=None, parallel=False, device="cpu") -> dict:
     """``nas-tutorial table METHOD``: make (or resume) a table and print its summary."""
     name = preset or "quick"

@@ -48,13 +48,16 @@ def _drawing_class():
                 self.graph_attr["dpi"] = "72"  # the PNG is the fallback: keep it small
                 try:
                     png = base64.b64encode(self.pipe(format="png")).decode("ascii")
+                except Exception:  # a dot without PNG output: the SVG alone
+                    png = None
                 finally:
                     if dpi is None:
                         del self.graph_attr["dpi"]
                     else:
                         self.graph_attr["dpi"] = dpi
-                return {"image/svg+xml": self.pipe(format="svg", encoding="utf-8"),
-                        "image/png": png, "text/plain": f"[drawing: {self.name}]"}
+                bundle = {"image/svg+xml": self.pipe(format="svg", encoding="utf-8"),
+                          "text/plain": f"[drawing: {self.name}]"}
+                return {**bundle, "image/png": png} if png else bundle
 
         _DRAWING.append(Drawing)
     return _DRAWING[0]

@@ -91,5 +91,18 @@ def test_student_copies_hold_stubs_that_fail_in_one_line(tmp_path):
 
 def test_a_passed_check_is_true_and_shows_nothing_as_a_cell_value(capsys):
     result = exercises.check("01.darts_cell_count", exercises.darts_cell_count)
-    assert result and repr(result) == "passed" and result._ipython_display_() is None
+    assert result and repr(result) == "passed"
     assert capsys.readouterr().out.startswith("✓ 01.darts_cell_count: passed")
+    # In the executed notebooks an exercise cell shows its one line and nothing else.
+    for path in NOTEBOOKS:
+        for cell in _solution_cells(path):
+            if cell.cell_type == "code":
+                assert [o["output_type"] for o in cell.outputs] == ["stream"], path.name
+
+
+def test_nan_or_inf_never_passes(capsys):
+    nan = float("nan")
+    assert not exercises.check("03.channel_shuffle", lambda x, g: torch.full_like(x, nan))
+    assert not exercises.check("03.node_softmax", lambda b, s: torch.full_like(b, float("inf")))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all(line.startswith("✗") and "element" in line for line in out)

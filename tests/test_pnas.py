@@ -291,6 +291,24 @@ def test_study_runs_one_search_per_seed():
     assert all(r.config.oracle == "table" for r in results)
 
 
+def test_checkpoints_from_before_the_oracle_still_resume(tmp_path):
+    config = tiny()
+    run = tmp_path / "run"
+    pnas.search(config, train_fn=FakeTrainer(), run_dir=run, progress=False)
+    state = json.loads((run / "checkpoint.json").read_text())
+    del state["config"]["oracle"]  # as written before oracle= existed
+    (run / "checkpoint.json").write_text(json.dumps(state))
+    again = FakeTrainer()
+    pnas.search(config, train_fn=again, run_dir=run, resume=True, progress=False)
+    assert again.trained == []
+
+
+def test_a_table_oracle_deeper_than_the_table_is_refused():
+    config = tiny(oracle="table", blocks=4)
+    with pytest.raises(pnas.TableMissing, match="up to 3 blocks"):
+        pnas.search(config, table=fake_table(config), progress=False)
+
+
 def test_a_table_of_other_children_is_refused():
     config = tiny(oracle="table")
     other = fake_table(config, protocol={"dataset": "cifar10"})
