@@ -66,8 +66,8 @@ def plot_predictions(result):
                 row=row, col=col)
             fig.update_xaxes(title_text="predicted", row=row, col=col)
             fig.update_yaxes(title_text="true", row=row, col=col)
-    fig.update_layout(title=f"honest predictions: fitted on fewer blocks, scored on b blocks "
-                            f"({result.config.predictor} picked the K={result.config.beam})",
+    fig.update_layout(title=f"honest predictions per level (K={result.config.beam} picked by "
+                            f"{result.config.predictor})",
                       height=300 * len(levels) + 100, margin=dict(l=50, r=20, t=90, b=40),
                       legend=dict(orientation="h", y=-0.08))
     return fig
