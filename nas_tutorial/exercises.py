@@ -164,31 +164,15 @@ def _run_crossover(fn):
                            f"random, independently)")
 
 
-def recalibrate(model: nn.Module, batches) -> None:
-    """BN recalibration (SPOS Sec. 3.4): reset the running statistics, then average them
-    exactly over ``batches`` (momentum 1/(k+1) at batch k) in train mode; back to eval."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        for k, x in enumerate(batches):
-            for m in bns:
-                m.momentum = 1.0 / (k + 1)
-            model(x)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.eval()
-
-
 def _run_recalibrate(fn):
+    from .spos import recalibrate_bn  # the library's own (SPOS Sec. 3.4), for plain models too
+
     with torch.random.fork_rng():  # the learner's own random state stays as it was
         torch.manual_seed(0)
-        _recalibrate_cases(fn)
+        _recalibrate_cases(fn, recalibrate_bn)
 
 
-def _recalibrate_cases(fn):
+def _recalibrate_cases(fn, recalibrate_bn):
     for n_batches in (1, 3, 5):
         model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
                               nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
@@ -200,7 +184,8 @@ def _recalibrate_cases(fn):
         batches = [torch.randn(8, 3, 6, 6) * 2 + 1 for _ in range(n_batches)]
         mine, ref = copy.deepcopy(model), copy.deepcopy(model)
         fn(mine, [x.clone() for x in batches])
-        recalibrate(ref, batches)
+        with torch.no_grad():
+            recalibrate_bn(ref, None, batches)
         where = f"{n_batches} batch(es)"
         if mine.training:
             raise _Failure(f"{where}: the model is still in train mode (hint: end with eval())")
@@ -366,7 +351,7 @@ def list_exercises() -> None:
 
 
 __all__ = ["EXERCISES", "Exercise", "check", "list_exercises", "make_student_copies",
-           "darts_cell_count", "recalibrate"]
+           "darts_cell_count"]
 
 
 def main(argv=None) -> int:

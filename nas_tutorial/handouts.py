@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,10 +88,9 @@ window.addEventListener('load', () => {
 
 
 def browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
+    from .notebook import chromium
+
+    return chromium()
 
 
 def rendered(html: Path, chromium: str, timeout: int = 120) -> dict:

@@ -48,7 +48,8 @@ def set_threads(n: int | None = 1) -> int:
     return torch.get_num_threads()
 
 
-def _chromium() -> str | None:
+def chromium() -> str | None:
+    """The system's Chromium (or Chrome), for kaleido and the handout check; None if absent."""
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
         path = shutil.which(name)
         if path:
@@ -63,7 +64,7 @@ def _start_static_figures() -> str | None:
         import plotly.io as pio
     except ImportError:
         return "kaleido is not installed (pip install kaleido)"
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         return "no Chromium for kaleido (apt-get install chromium)"
     os.environ.setdefault("BROWSER_PATH", browser)

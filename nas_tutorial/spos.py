@@ -593,8 +593,10 @@ def recalibrate_bn(model: nn.Module, path, batches) -> None:
     """Reset the path's BN running statistics and re-estimate them with forward
     passes in train mode. During training the running statistics averaged over all sampled
     paths; one path's features have statistics of their own. Momentum
-    1/(k+1) at batch k makes the running values the exact mean over the batches."""
-    bns = model.path_bns(path) if hasattr(model, "path_bns") else [
+    1/(k+1) at batch k makes the running values the exact mean over the batches.
+    ``path=None``: any model called as ``model(x)``, every BatchNorm recalibrated (the
+    exercise of notebook 04 checks against this)."""
+    bns = model.path_bns(path) if path is not None and hasattr(model, "path_bns") else [
         m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [m.momentum for m in bns]
     for m in bns:
@@ -603,7 +605,7 @@ def recalibrate_bn(model: nn.Module, path, batches) -> None:
     for k, x in enumerate(batches):
         for m in bns:
             m.momentum = 1.0 / (k + 1)
-        model(x, path)
+        model(x) if path is None else model(x, path)
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.eval()
