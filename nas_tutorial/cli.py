@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", default=None, help="run folder (default runs/METHOD-...)")
     common.add_argument("--resume", default=None, metavar="DIR",
                         help="continue an interrupted run from its folder")
+    common.add_argument("--threads", dest="search_threads", type=_positive(), default=None,
+                        metavar="N", help="torch CPU threads for this search (default: the "
+                        "global --threads, 1: fastest for these small networks)")
     for name in ("pc-darts", "darts"):
         m = methods.add_parser(name, parents=[common], help=f"{name} differentiable search")
         m.add_argument("--k", type=_positive(), default=None, help="partial-channel 1/K")
@@ -95,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="parameter budget in millions")
     spos.add_argument("--population", type=_positive(), default=None)
     spos.add_argument("--generations", type=_positive(), default=None)
+    spos.add_argument("--sampling", choices=("window", "uniform"), default=None,
+                      help="supernet paths: inside the FLOPs window around the budget "
+                           "(default, as the official code trains) or from the whole space")
     pnas = methods.add_parser("pnas", parents=[common], help="progressive cell search")
     pnas.add_argument("--blocks", type=_positive(), default=None, help="blocks per cell B")
     pnas.add_argument("--beam", type=_positive(), default=None, help="children kept per level K")
@@ -181,7 +187,7 @@ def _search(args) -> int:
 
         result = spos.cli_search(flops_limit=args.flops_limit, params_limit=args.params_limit,
                                  population=args.population, generations=args.generations,
-                                 **common)
+                                 sampling=args.sampling, **common)
     else:
         from . import pnas
 
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
     from .notebook import set_threads
 
     threads = torch.get_num_threads()
-    set_threads(args.cpu_threads)
+    set_threads(getattr(args, "search_threads", None) or args.cpu_threads)
     try:
         return handlers[args.command](args)
     except (CLIError, GenotypeError, DatasetUnavailable, TableError, ValueError,

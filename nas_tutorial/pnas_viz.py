@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .viz import add_band
+
 
 def _fmt(rho: float) -> str:
     return "n/a" if rho is None or math.isnan(rho) else f"{rho:.2f}"
@@ -97,20 +99,6 @@ def plot_efficiency(result):
     return fig
 
 
-def _band(fig, x, curves, name, color, row=None, col=None):
-    import numpy as np
-    import plotly.graph_objects as go
-
-    a = np.asarray(curves, dtype=float)
-    lo, hi, mean = np.nanmin(a, 0), np.nanmax(a, 0), np.nanmean(a, 0)
-    kw = dict(row=row, col=col) if row else {}
-    fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo[::-1]),
-                             fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
-                             hoverinfo="skip", showlegend=False, legendgroup=name), **kw)
-    fig.add_trace(go.Scatter(x=list(x), y=list(mean), mode="lines", name=name,
-                             legendgroup=name, line=dict(color=color, shape="hv")), **kw)
-
-
 def plot_efficiency_study(results, seed_sd: float | None = None):
     """The efficiency figure over several search seeds: best B-block cell so far vs models
     trained, mean line and min-max band for PNAS and for random search. ``seed_sd`` (the
@@ -128,7 +116,7 @@ def plot_efficiency_study(results, seed_sd: float | None = None):
         for source in ("pnas", "random"):
             curves = [r.best_so_far(source, blocks=b) for r in results]
             n = min(len(c) for c in curves)
-            _band(fig, range(1, n + 1), [c[:n] for c in curves], f"{source} (mean, min-max)",
+            add_band(fig, range(1, n + 1), [c[:n] for c in curves], f"{source} (mean, min-max)",
                   _COLORS[source])
         final = float(np.nanmean([r.best_so_far("pnas", blocks=b)[-1] for r in results]))
     if seed_sd:

@@ -7,14 +7,16 @@ ECCV 2020, and the official code (megvii-model/SinglePathOneShot). What is here:
   (Shuffle 3x3, 5x5, 7x7 and Xception); a path is a tuple of choice indices passed to
   ``forward(x, path)``. ``IMAGENET`` is the paper's net, ``CIFAR`` the same with a stride-1
   stem at 32x32, ``QUICK`` a narrow one for 16x16 grey images (Fashion-MNIST, digits).
-- Sec. 3.2, Eq. (7)/(8): supernet training with a uniformly sampled single path per step,
-  optionally FLOPs-bin sampling (Sec. 4, "uniform in FLOPs": 7 bins, rejection, give up
-  after 500 tries); only the sampled path's weights move.
+- Sec. 3.2, Eq. (7)/(8): supernet training with a uniformly sampled single path per step;
+  by default, as the official ``train.py`` always does, the path is drawn inside the FLOPs
+  window around the budget (Sec. 4: a bin of 7 first, then rejection, give up after 500
+  tries); ``sampling="uniform"`` draws from the whole space. Only the path's weights move.
 - Sec. 3.3: channel-number search (mid channels scaled 0.2..2.0, sliced from one weight
   tensor), off by default as in the official code.
 - Sec. 3.4, Alg. 1: BN recalibration, then evolutionary search under FLOPs/params
   budgets; a random search with the same number of evaluations (Sec. 4, Fig. 5).
-- Sec. 4.2 (ranking): Kendall tau between inherited and stand-alone accuracy.
+- Ranking quality: Kendall tau between inherited and stand-alone accuracy, with and
+  without BN recalibration, against the ``spos`` ground-truth table.
 
 Left out: mixed-precision quantization search (Sec. 3.3) and multi-GPU training. BN
 recalibration averages batch statistics exactly instead of the official momentum 0.1.
@@ -384,22 +386,29 @@ def random_path(config: SupernetConfig, rng: random.Random) -> tuple:
     return tuple(rng.randrange(config.num_choices) for _ in range(config.num_layers))
 
 
-def flops_bins(config: SupernetConfig) -> tuple:
-    """Bin edges in MFLOPs: the paper's at ImageNet, else 7 equal bins over the space."""
+def flops_bins(config: SupernetConfig, flops_limit: float | None = None) -> tuple:
+    """FLOPs bin edges in MFLOPs that training samples from (Sec. 4).
+
+    ImageNet: the paper's 7 bins, 290-360M around the 330M budget. Elsewhere, with a
+    budget: the same window scaled to it (limit x 290/330 ... limit x 360/330, 7 bins), so
+    the supernet trains the paths the search will compare. Without one: 7 equal bins over
+    the whole space."""
     if config.flops_bins is not None:
         return config.flops_bins
+    if flops_limit is not None:
+        return tuple(flops_limit * (290 + 10 * k) / 330 for k in range(8))
     lo, hi = space_range(config)["flops"]
     return tuple(lo + (hi - lo) * k / 7 for k in range(8))
 
 
 def sample_path(config: SupernetConfig, rng: random.Random, uniform_flops: bool = False,
-                tries: int = 500) -> tuple:
-    """A uniform path, or (``uniform_flops``) a bin first, then rejection sampling inside
-    it, falling back to a uniform path after ``tries`` misses (official
-    ``get_uniform_sample_cand``)."""
+                tries: int = 500, flops_limit: float | None = None) -> tuple:
+    """A uniform path, or (``uniform_flops``) a FLOPs bin first (:func:`flops_bins`), then
+    rejection sampling inside it, falling back to a uniform path after ``tries`` misses
+    (official ``get_uniform_sample_cand``; its ``train.py`` always samples this way)."""
     if not uniform_flops:
         return random_path(config, rng)
-    edges = flops_bins(config)
+    edges = flops_bins(config, flops_limit)
     k = rng.randrange(len(edges) - 1)
     lo, hi = edges[k] * 1e6, edges[k + 1] * 1e6
     for _ in range(tries):
@@ -407,6 +416,10 @@ def sample_path(config: SupernetConfig, rng: random.Random, uniform_flops: bool 
         if lo <= count_flops(path, config) <= hi:
             return path
     return random_path(config, rng)
+
+
+SAMPLING = ("window", "uniform")
+FIRST_STEPS = 5  # losses of the first steps kept in the history (see train_supernet)
 
 
 # -- run settings ---------------------------------------------------------------------------
@@ -425,7 +438,8 @@ class SPOSConfig:
     momentum: float = 0.9
     weight_decay: float = 4e-5     # on weights with more than one dimension only
     label_smoothing: float = 0.1   # official ImageNet setting
-    uniform_flops: bool = False    # FLOPs-bin sampling (Sec. 4) instead of uniform paths
+    sampling: str = "window"       # "window": paths in the FLOPs bins around the budget, as
+    #                                the official train.py always trains; "uniform": any path
     amp: bool = True               # bf16 autocast on CUDA
     recal_batches: int = 200       # BN recalibration batches (official 200 of 128)
     recal_batch_size: int = 128
@@ -445,15 +459,20 @@ class SPOSConfig:
 
 
 PRESETS = {
-    # About a minute on 2 CPU cores: 6 layers (4,096 paths) on 16x16 Fashion-MNIST, 6,000
-    # training images, 10,000 held out (a sixth of the set; fitness reads the first 2,000),
-    # 564 supernet steps. A path trained stand-alone (the spos table) gets the supernet's
-    # optimizer for ``ranking_epochs`` = 8 epochs, cosine to zero, and is scored on all
-    # 10,000 held-out images: measured on one path, held-out accuracy 0.69 / 0.76 / 0.80
-    # after epochs 1 / 5 / 8 (flat over the last two); seeds 0 and 1 end 0.006 apart.
+    # 6 layers (4,096 paths) on 16x16 Fashion-MNIST, 6,000 training images, 10,000 held out
+    # (a sixth of the set; fitness reads the first 2,000). The supernet trains 40 epochs
+    # (3,720 steps, about 6 minutes on one CPU core), chosen by measurement
+    # (benchmarks/spos_supernet_sweep.py, supernet seed 0, then checked on seeds 1-2): its
+    # training accuracy over the sampled paths is 0.42 / 0.66 / 0.71 after 6 / 20 / 40
+    # epochs, and evolution beats random search on the same fitness cache in 4 / 5 / 4 of 5
+    # search seeds. Notebook 04 loads the supernet ``search spos`` wrote instead of training
+    # it (:func:`load_supernet`). A path trained stand-alone (the spos table) gets the
+    # supernet's optimizer for ``ranking_epochs`` = 8 epochs, cosine to zero, and is scored
+    # on all 10,000 held-out images: measured on one path, held-out accuracy 0.69 / 0.76 /
+    # 0.80 after epochs 1 / 5 / 8 (flat over the last two); seeds 0 and 1 end 0.006 apart.
     "quick": SPOSConfig(
         name="quick", supernet=QUICK, dataset="fashion_mnist", image_size=16,
-        valid_fraction=1 / 6, train_images=6000, epochs=6, batch_size=64, lr=0.1,
+        valid_fraction=1 / 6, train_images=6000, epochs=40, batch_size=64, lr=0.1,
         recal_batches=2, recal_batch_size=128, valid_images=2000, population=12,
         generations=5, topk=4, n_mutation=6, n_crossover=6, flops_limit=0.68,
         ranking_paths=4, ranking_epochs=8),
@@ -517,11 +536,14 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
                    checkpoint=None, progress=True, callback=None) -> dict:
     """Train ``supernet`` by single-path uniform sampling; returns the per-epoch history.
 
-    Each step samples one path and back-propagates through it alone: unsampled blocks are
-    not in the graph, their ``.grad`` stays None, and ``torch.optim.SGD`` skips parameters
-    without a gradient, so neither momentum nor weight decay moves them (the official code
-    zeroes grads instead, which lets both leak into unsampled blocks). ``checkpoint`` (a
-    file) is written after every epoch and resumed from when it exists.
+    Each step samples one path (``cfg.sampling``) and back-propagates through it alone:
+    unsampled blocks are not in the graph, their ``.grad`` stays None, and
+    ``torch.optim.SGD`` skips parameters without a gradient, so neither momentum nor weight
+    decay moves them. The official ``train.py`` gets the same effect another way: it sets
+    ``p.grad = None`` for every parameter whose gradient sums to zero before its SGD step.
+    ``checkpoint`` (a file) is written after every epoch and resumed from when it exists;
+    once training is finished it keeps only the weights, the history and the settings (the
+    optimizer state is of no further use), which is what :func:`load_supernet` reads.
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
@@ -535,7 +557,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    history = {"epoch": [], "train_loss": [], "train_acc": [], "seconds": []}
+    history = {"epoch": [], "train_loss": [], "train_acc": [], "seconds": [], "first_losses": []}
     start = 0
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -544,14 +566,15 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         if state["config"] != asdict(cfg):
             raise ValueError(f"{checkpoint} was written with other settings; use a new folder")
         supernet.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if cuda and state.get("cuda_rng") is not None:  # dropout draws on the device
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start = state["history"], state["epoch"]
+        if start < cfg.epochs:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            loader.load_state_dict(state["loader"])
+            rng.setstate(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if cuda and state.get("cuda_rng") is not None:  # dropout draws on the device
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
     bar = progress_bar(total, "supernet", progress)
     bar.update(start * len(loader))
     for epoch in range(start, cfg.epochs):
@@ -559,13 +582,22 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         supernet.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        first = []
         for x, y in loader:
-            path = sample_path(cfg.supernet, rng, cfg.uniform_flops)
+            path = sample_path(cfg.supernet, rng, cfg.sampling == "window",
+                               flops_limit=cfg.flops_limit)
             loss, logits = train_step(supernet, optimizer, x, y, path, cfg)
             scheduler.step()
             loss_sum += loss.detach().float() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
+            if epoch == 0 and len(first) < FIRST_STEPS:
+                first.append(loss.detach().float())
             bar.update(1)
+        if first:
+            # The losses of the first steps name a training run (init, data order, paths,
+            # lr): measured, one and two CPU threads agree to 1e-6 over the first six steps,
+            # then drift apart chaotically (0.05 in the first epoch's mean loss).
+            history["first_losses"] = torch.stack(first).tolist()
         seen = len(loader) * loader.batch_size
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(loss_sum.item() / seen)  # one sync per epoch
@@ -574,12 +606,14 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}",
                         acc=f"{history['train_acc'][-1]:.3f}")
         if checkpoint is not None:
-            save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
-                  "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
-                  "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                  "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
-                  "history": history, "epoch": epoch + 1, "config": asdict(cfg)},
-                 checkpoint)
+            state = {"model": supernet.state_dict(), "history": history, "epoch": epoch + 1,
+                     "config": asdict(cfg)}
+            if epoch + 1 < cfg.epochs:
+                state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                             loader=loader.state_dict(), rng=rng.getstate(),
+                             torch_rng=torch.get_rng_state(),
+                             cuda_rng=torch.cuda.get_rng_state(device) if cuda else None)
+            save(state, checkpoint)
         if callback is not None:
             callback(history)
     bar.close()
@@ -611,6 +645,17 @@ def recalibrate_bn(model: nn.Module, path, batches) -> None:
     model.eval()
 
 
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's weights and buffers: names a trained supernet exactly."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class PathEvaluator:
     """Fitness of a path: accuracy on the held-out images with weights inherited from the
     supernet, after BN recalibration (``recalibrate=False`` keeps the statistics the
@@ -624,6 +669,10 @@ class PathEvaluator:
         self.device = next(supernet.parameters()).device
         self.recalibrate, self.amp = recalibrate, amp
         cl = self.device.type == "cuda"
+        # The same fixed batches recalibrate every path (drawn once, with ``seed``): two
+        # paths' fitnesses then differ by what the paths are, not by which images happened
+        # to set their statistics, and a path's fitness is a deterministic function of the
+        # path, which is what lets the cache (and evolution vs random on it) be fair.
         loader = DeviceLoader(train_ds.to(self.device), recal_batch_size, train=True,
                               seed=seed, channels_last=cl)
         self.recal = []
@@ -634,7 +683,29 @@ class PathEvaluator:
         self.n_valid = len(valid_ds)
         self.trained_bn = {k: v.clone() for k, v in supernet.state_dict().items()
                            if "running" in k or "num_batches" in k}
+        self.settings = {"supernet": fingerprint(supernet), "recal_batches": recal_batches,
+                         "recal_batch_size": recal_batch_size, "valid_images": self.n_valid,
+                         "amp": amp and self.device.type == "cuda", "seed": seed}
         self.cache = {}
+
+    def save_cache(self, path) -> Path:
+        """Write the fitness cache with the settings that produced it (JSON)."""
+        return write_json(path, {"settings": self.settings, "paths": [list(p) for p in self.cache],
+                                 "fitness": list(self.cache.values())})
+
+    def load_cache(self, path) -> int:
+        """Add the fitnesses of a cache file written by :meth:`save_cache` for this very
+        supernet and these settings (else nothing: a stale cache is never used); returns how
+        many were added."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        d = json.loads(path.read_text())
+        if d.get("settings") != self.settings:
+            return 0
+        before = len(self.cache)
+        self.cache.update({tuple(p): f for p, f in zip(d["paths"], d["fitness"])})
+        return len(self.cache) - before
 
     @torch.no_grad()
     def accuracy(self, path, recalibrate: bool | None = None) -> float:
@@ -650,6 +721,8 @@ class PathEvaluator:
         for x, y in self.valid:
             with autocast(self.device, self.amp):
                 correct += (self.model(x, path).argmax(1) == y).sum()
+        if recalibrate:  # leave the supernet as trained, for the next evaluator or training
+            self.model.load_state_dict(self.trained_bn, strict=False)
         return correct.item() / self.n_valid  # one sync per path
 
     def __call__(self, path) -> float:
@@ -860,36 +933,181 @@ def ranking_quality(evaluator: PathEvaluator, paths, train_ds, valid_ds, cfg: SP
             "tau": float(tau), "p_value": float(p)}
 
 
+def table_protocol(cfg: SPOSConfig) -> dict:
+    """How the ``spos`` ground-truth table trains a path stand-alone for these settings (its
+    header's ``protocol``): a table answers for a supernet only when this matches."""
+    train = asdict(standalone_config(cfg, 0))
+    train.pop("seed")
+    return {"dataset": cfg.dataset, "image_size": cfg.image_size,
+            "train_images": cfg.train_images, "valid_images": cfg.valid_images,
+            "supernet": asdict(cfg.supernet), "train": train}
+
+
+def find_table(cfg: SPOSConfig):
+    """The shipped ``spos`` table whose protocol is :func:`table_protocol` of ``cfg``, or
+    None (the full preset has none: its paths take GPU-hours to train stand-alone)."""
+    from . import tables
+
+    want = json.loads(json.dumps(table_protocol(cfg)))
+    for p in sorted(tables.SHIPPED.glob("spos-*.json")):
+        t = tables.load("spos", path=p)
+        if t.header.get("protocol") == want:
+            return t
+    return None
+
+
 def ranking_from_table(evaluator: PathEvaluator, table) -> dict:
     """Ranking quality against the ``spos`` ground-truth table (``nas_tutorial.tables``):
     the inherited fitness of every path in the table vs its stand-alone accuracy (the mean
-    over the table's seeds); Kendall tau as in :func:`ranking_quality`, no training."""
+    over the table's seeds), Kendall tau and its p-value (scipy) as in
+    :func:`ranking_quality`, no training. The same with the supernet's training-time BN
+    statistics (``*_no_recal``), and the share of paths recalibration improves."""
     from scipy.stats import kendalltau
 
     paths = [tuple(r["arch"]) for r in table.rows]
+    off = [evaluator.accuracy(p, recalibrate=False) for p in paths]
     inherited = [evaluator(p) for p in paths]
     alone = [table.accuracy(r["key"]) for r in table.rows]
     tau, p = kendalltau(inherited, alone)
+    tau_off, p_off = kendalltau(off, alone)
     return {"paths": [list(p_) for p_ in paths], "inherited": inherited, "standalone": alone,
-            "tau": float(tau), "p_value": float(p)}
+            "tau": float(tau), "p_value": float(p), "inherited_no_recal": off,
+            "tau_no_recal": float(tau_off), "p_value_no_recal": float(p_off),
+            "improved": sum(a > b for a, b in zip(inherited, off)) / len(paths)}
+
+
+def ranking_ceiling(table) -> dict:
+    """How well could any ranker agree with this table? Its paths' stand-alone accuracies
+    hold two parts, the path's true accuracy and the noise of one training (seed to seed).
+    From the table's own seeds: ``seed_tau``, Kendall tau of one seed's accuracies against
+    another's; ``reliability``, the share of the variance of the seed-mean accuracies that
+    is true differences (between-path variance minus within-path variance / seeds, over the
+    between-path variance); and ``tau_max``, the tau a perfect ranker would expect against
+    the seed means, 2/pi asin(sqrt(reliability)) (Greiner's relation for normal scores)."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    acc = np.array([r["accuracy"] for r in table.rows], dtype=float)
+    n = acc.shape[1]
+    within = float(acc.var(1, ddof=1).mean()) if n > 1 else float("nan")
+    between = float(acc.mean(1).var(ddof=1))
+    true = max(between - within / n, 0.0)
+    rel = true / between if between > 0 else float("nan")
+    taus = [kendalltau(acc[:, i], acc[:, j])[0] for i in range(n) for j in range(i + 1, n)]
+    return {"seed_tau": float(np.mean(taus)) if taus else float("nan"),
+            "seed_sd": within ** 0.5, "path_sd": true ** 0.5, "reliability": rel,
+            "tau_max": float(2 / math.pi * math.asin(math.sqrt(rel)))}
+
+
+# -- evolution vs random, several seeds on one supernet ----------------------------------------
+def search_pair(evaluator, cfg: SPOSConfig, seed: int, checkpoints=None, progress=True):
+    """Evolution with ``cfg``'s settings and a random search with as many evaluations per
+    generation, both with search seed ``seed`` on ``evaluator`` (so on its shared cache)."""
+    ck = checkpoints or (None, None)
+    kw = dict(flops_limit=cfg.flops_limit, params_limit=cfg.params_limit, seed=seed,
+              progress=progress)
+    evo = evolution_search(evaluator, cfg.supernet, cfg.population, cfg.generations, cfg.topk,
+                           cfg.n_mutation, cfg.n_crossover, cfg.mutation_prob,
+                           checkpoint=ck[0], **kw)
+    rnd = random_search(evaluator, cfg.supernet, generation_sizes(evo), checkpoint=ck[1], **kw)
+    return evo, rnd
+
+
+def search_study(evaluator, cfg: SPOSConfig, seeds=(0, 1, 2, 3, 4), progress=True) -> list:
+    """:func:`search_pair` for each search seed: [{seed, evolution, random}]. Every seed
+    reads the one fitness cache, so the comparison is of the searches alone."""
+    bar = progress_bar(len(seeds), "search seeds", progress)
+    out = []
+    for s in seeds:
+        evo, rnd = search_pair(evaluator, cfg, s, progress=False)
+        out.append({"seed": s, "evolution": evo, "random": rnd})
+        bar.set_postfix(evolution=f"{evo.best['fitness']:.3f}", random=f"{rnd.best['fitness']:.3f}")
+        bar.update(1)
+    bar.close()
+    return out
+
+
+def study_summary(study: list) -> dict:
+    """Best fitness per seed for both searches, their means, and in how many seeds
+    evolution found at least as good a path as random search."""
+    evo = [r["evolution"].best["fitness"] for r in study]
+    rnd = [r["random"].best["fitness"] for r in study]
+    return {"seeds": [r["seed"] for r in study], "evolution": evo, "random": rnd,
+            "evolution_mean": sum(evo) / len(evo), "random_mean": sum(rnd) / len(rnd),
+            "evolution_at_least_random": sum(a >= b for a, b in zip(evo, rnd)),
+            "evaluations": [len(r["evolution"].evaluated) for r in study]}
+
+
+# -- a trained supernet, cached ---------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+RECORDED = REPO / "data" / "runs"
+
+
+def run_folder(cfg: SPOSConfig) -> Path:
+    """Where ``search spos`` writes a run of these settings by default (from the folder it
+    runs in)."""
+    return Path(f"runs/spos-{cfg.name}-seed{cfg.seed}")
+
+
+def shown(path) -> str:
+    """A path as a reader should see it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def supernet_file(cfg: SPOSConfig, folders=None) -> Path | None:
+    """A finished ``supernet.pt`` that ``search spos`` wrote with exactly ``cfg``'s settings:
+    first in the default run folder (``runs/spos-PRESET-seedS`` here or in the repository),
+    then in the copy shipped under ``data/runs``; None when none holds one."""
+    name = run_folder(cfg)
+    folders = folders or (name, REPO / name, RECORDED / name.name)
+    for folder in folders:
+        f = Path(folder) / "supernet.pt"
+        if f.is_file():
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=False)
+            except Exception:  # unreadable: not a cache
+                continue
+            if state.get("config") == asdict(cfg) and state.get("epoch") == cfg.epochs:
+                return f.resolve()
+    return None
+
+
+def load_supernet(cfg: SPOSConfig, train_ds, device="auto", folders=None, progress=True):
+    """(supernet, history, source): the supernet ``search spos`` trained with ``cfg`` when
+    :func:`supernet_file` finds one (``source`` is that file), else a new one trained now
+    (``source`` is None)."""
+    found = supernet_file(cfg, folders)
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(cfg.supernet)
+    history = train_supernet(supernet, train_ds, cfg, device, checkpoint=found,
+                             progress=progress and found is None)
+    return supernet, history, found
 
 
 # -- the command line: ``nas-tutorial search spos`` ---------------------------------------------
 def cli_search(preset=None, flops_limit=None, params_limit=None, population=None,
-               generations=None, seed=0, out=None, resume=None, device="auto",
+               generations=None, sampling=None, seed=0, out=None, resume=None, device="auto",
                progress=True) -> dict:
-    """Train the supernet, run evolution and an equal-budget random search, and write
-    the best path, every evaluated path and the figures into the run folder."""
+    """Train the supernet, run evolution and an equal-budget random search, measure ranking
+    quality against the ``spos`` table when one matches, and write the best path, every
+    evaluated path, ``summary.json`` and the figures into the run folder."""
     from . import spos_viz
     from .viz import save_html, save_svg
 
     base = get_config(preset)
     over = {k: v for k, v in dict(flops_limit=flops_limit, params_limit=params_limit,
-                                  population=population, generations=generations).items()
+                                  population=population, generations=generations,
+                                  sampling=sampling).items()
             if v is not None}
     cfg = replace(base, seed=seed, **over)
+    if cfg.sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, got {cfg.sampling!r}")
     check_budget(cfg.supernet, cfg.flops_limit, cfg.params_limit)  # before any training
-    run_dir = Path(resume or out or f"runs/spos-{cfg.name}-seed{seed}")
+    run_dir = Path(resume or out or run_folder(cfg))
     if resume is not None and not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder to resume at {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -901,27 +1119,49 @@ def cli_search(preset=None, flops_limit=None, params_limit=None, population=None
                              progress=progress)
     evaluator = PathEvaluator(supernet, train_ds, valid_ds, cfg.recal_batches,
                               cfg.recal_batch_size, amp=cfg.amp, seed=seed)
-    limits = dict(flops_limit=cfg.flops_limit, params_limit=cfg.params_limit, seed=seed,
-                  progress=progress)
-    evo = evolution_search(evaluator, cfg.supernet, cfg.population, cfg.generations, cfg.topk,
-                           cfg.n_mutation, cfg.n_crossover, cfg.mutation_prob,
-                           checkpoint=run_dir / "evolution.json", **limits)
-    rnd = random_search(evaluator, cfg.supernet, generation_sizes(evo),
-                        checkpoint=run_dir / "random.json", **limits)
+    evaluator.load_cache(run_dir / "fitness.json")
+    table = find_table(cfg)
+    rank = ranking_from_table(evaluator, table) if table is not None else None
+    evo, rnd = search_pair(evaluator, cfg, seed, (run_dir / "evolution.json",
+                                                  run_dir / "random.json"), progress)
+    evaluator.save_cache(run_dir / "fitness.json")
     best = evo.best
-    (run_dir / "best_path.json").write_text(json.dumps(
-        {"path": best["path"], "fitness": best["fitness"], "flops": best["flops"],
-         "params": best["params"], "config": asdict(cfg)}, indent=1) + "\n")
-    (run_dir / "evaluated.json").write_text(json.dumps(
-        {"evolution": evo.evaluated, "random": rnd.evaluated,
-         "supernet_history": history}, indent=1) + "\n")
+    write_json(run_dir / "best_path.json",
+               {"path": best["path"], "fitness": best["fitness"], "flops": best["flops"],
+                "params": best["params"], "config": asdict(cfg)})
+    write_json(run_dir / "evaluated.json",
+               {"evolution": evo.evaluated, "random": rnd.evaluated,
+                "supernet_history": history, "ranking": rank})
+    summary = {
+        "seed": seed, "preset": cfg.name, "sampling": cfg.sampling,
+        "supernet_epochs": cfg.epochs, "supernet_train_accuracy": history["train_acc"][-1],
+        "kendall_tau": rank and rank["tau"], "kendall_p": rank and rank["p_value"],
+        "kendall_tau_no_recal": rank and rank["tau_no_recal"],
+        "kendall_p_no_recal": rank and rank["p_value_no_recal"],
+        "paths_ranked": len(rank["paths"]) if rank else 0,
+        "recal_improved_fraction": rank and rank["improved"],
+        "evolution_best": best["fitness"], "evolution_best_path": best["path"],
+        "random_best": rnd.best["fitness"], "evaluations": len(evo.evaluated),
+        "random_evaluations": len(rnd.evaluated), "flops_limit": cfg.flops_limit,
+        "device": str(device), "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%d")}
+    write_json(run_dir / "summary.json", {k: (None if isinstance(v, float) and not
+                                              math.isfinite(v) else v)
+                                          for k, v in summary.items()})
     files = {
         "pareto": save_html(spos_viz.plot_pareto({"evolution": evo, "random": rnd},
                                                  cfg.flops_limit), run_dir / "pareto.html"),
         "progress": save_html(spos_viz.plot_search_progress(evo, rnd),
                               run_dir / "progress.html"),
         "path": save_svg(spos_viz.draw_path(best["path"], cfg.supernet), run_dir / "path.svg"),
+        "summary": run_dir / "summary.json",
     }
+    if rank is not None:
+        files["ranking"] = save_html(spos_viz.plot_ranking(rank), run_dir / "ranking.html")
     result = (f"{tuple(best['path'])} fitness {best['fitness']:.4f}, "
-              f"{best['flops'] / 1e6:.3f}M FLOPs, {best['params'] / 1e6:.3f}M params")
+              f"{best['flops'] / 1e6:.3f}M FLOPs, {best['params'] / 1e6:.3f}M params"
+              f" (random search: {rnd.best['fitness']:.4f})")
+    if rank is not None:
+        result += (f"; ranking vs the table: Kendall tau {rank['tau']:.2f} "
+                   f"(without recalibration {rank['tau_no_recal']:.2f})")
     return {"run_dir": run_dir, "result": result, "files": files}

@@ -110,17 +110,56 @@ def draw_path(path, config: SupernetConfig, title: str | None = None):
 
 
 def plot_ranking(rank: dict, title=None):
-    """Inherited (supernet) vs stand-alone accuracy per path, with Kendall tau."""
+    """Inherited (supernet) vs stand-alone accuracy per path, with Kendall tau; when
+    ``rank`` holds them (:func:`~nas_tutorial.spos.ranking_from_table`), the same paths
+    with the supernet's training-time BN statistics too, in grey."""
     import plotly.graph_objects as go
 
     text = [_label(p) for p in rank["paths"]]
-    fig = go.Figure(go.Scatter(x=rank["inherited"], y=rank["standalone"], mode="markers",
-                               text=text, marker=dict(size=10, color="#ee6677"),
-                               hovertemplate="%{text}<br>supernet %{x:.3f}, alone %{y:.3f}"))
-    fig.update_layout(title=title or f"ranking quality: Kendall tau = {rank['tau']:.2f}",
+    fig = go.Figure()
+    if "inherited_no_recal" in rank:
+        fig.add_trace(go.Scatter(
+            x=rank["inherited_no_recal"], y=rank["standalone"], mode="markers", text=text,
+            name=f"no recalibration: tau {rank['tau_no_recal']:.2f} "
+                 f"(p {rank['p_value_no_recal']:.2f})",
+            marker=dict(size=8, color="#bbbbbb"),
+            hovertemplate="%{text}<br>supernet %{x:.3f}, alone %{y:.3f}"))
+    fig.add_trace(go.Scatter(
+        x=rank["inherited"], y=rank["standalone"], mode="markers", text=text,
+        name=f"BN recalibrated: tau {rank['tau']:.2f} (p {rank['p_value']:.2f})",
+        marker=dict(size=10, color="#ee6677"),
+        hovertemplate="%{text}<br>supernet %{x:.3f}, alone %{y:.3f}"))
+    fig.update_layout(title=title or f"ranking quality over {len(text)} paths: "
+                                     f"Kendall tau = {rank['tau']:.2f}",
                       xaxis_title="accuracy with inherited weights (supernet)",
-                      yaxis_title="accuracy trained stand-alone", height=360,
+                      yaxis_title="accuracy trained stand-alone", height=380,
+                      legend=dict(orientation="h", y=-0.25),
                       margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def plot_search_study(study, title=None):
+    """Best fitness so far against paths evaluated, evolution vs random search over several
+    search seeds (:func:`~nas_tutorial.spos.search_study`): mean line, min-max band."""
+    import plotly.graph_objects as go
+
+    from .viz import add_band
+
+    fig = go.Figure()
+    for name in ("evolution", "random"):
+        curves = []
+        for r in study:
+            best, curve = -float("inf"), []
+            for e in r[name].evaluated:
+                best = max(best, e["fitness"])
+                curve.append(best)
+            curves.append(curve)
+        n = min(len(c) for c in curves)
+        add_band(fig, range(1, n + 1), [c[:n] for c in curves], f"{name} (mean, min-max)",
+                 METHOD_COLORS[name])
+    fig.update_layout(title=title or f"best path so far, {len(study)} search seeds",
+                      xaxis_title="paths evaluated", yaxis_title="best supernet accuracy",
+                      height=360, margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
 
@@ -150,4 +189,51 @@ def plot_supernet_history(history: dict, title="supernet training"):
     fig.update_layout(title=title, height=300, showlegend=False,
                       margin=dict(l=40, r=20, t=60, b=40))
     fig.update_xaxes(title_text="epoch")
+    return fig
+
+
+def plot_supernet_sweep(rows, ceiling: float | None = None, title=None):
+    """How long to train the supernet, measured (``benchmarks/spos_supernet_sweep.py``):
+    per number of supernet epochs, over the supernet seeds (mean, min-max bars), its
+    training accuracy, Kendall tau against the table with and without BN recalibration,
+    and the share of search seeds in which evolution found a path at least as good as
+    random search. ``ceiling``: the tau a perfect ranker could expect against the table."""
+    import numpy as np
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    epochs = sorted({r["epochs"] for r in rows})
+
+    def stat(f):
+        vals = [[f(r) for r in rows if r["epochs"] == e] for e in epochs]
+        mean = np.array([np.mean(v) for v in vals])
+        return mean, dict(type="data", symmetric=False,
+                          array=np.array([max(v) for v in vals]) - mean,
+                          arrayminus=mean - np.array([min(v) for v in vals]))
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(
+        "supernet training accuracy", "Kendall tau vs the table",
+        "evolution >= random (share of seeds)"))
+    m, err = stat(lambda r: r["train_acc"])
+    fig.add_trace(go.Scatter(x=epochs, y=m, error_y=err, name="training accuracy",
+                             mode="lines+markers", line=dict(color="#228833")), 1, 1)
+    recal = [k for k in rows[0]["ranking"] if k != "none"]
+    for key, name, color in [("none", "no recalibration", "#bbbbbb")] + [
+            (k, f"recalibrated, {k} batches", c) for k, c in zip(recal, ("#ee6677", "#aa3377"))]:
+        m, err = stat(lambda r: r["ranking"][key]["tau"])
+        fig.add_trace(go.Scatter(x=epochs, y=m, error_y=err, name=f"tau, {name}",
+                                 mode="lines+markers", line=dict(color=color)), 1, 2)
+    if ceiling is not None:
+        fig.add_hline(y=ceiling, line=dict(color="#888", dash="dash"), row=1, col=2,
+                      annotation_text="perfect ranker", annotation_position="top left")
+    m, err = stat(lambda r: np.mean([s["evolution"] >= s["random"] for s in r["search"]]))
+    fig.add_trace(go.Scatter(x=epochs, y=m, error_y=err, name="evolution >= random",
+                             mode="lines+markers", line=dict(color="#4477aa")), 1, 3)
+    fig.update_xaxes(title_text="supernet epochs")
+    fig.update_yaxes(range=[-0.55, 1.05], row=1, col=2)
+    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=3)
+    seeds = len({r["seed"] for r in rows})
+    fig.update_layout(title=title or f"how long to train the supernet ({seeds} supernet seeds, "
+                                     f"mean and min-max)", height=360,
+                      legend=dict(orientation="h", y=-0.3), margin=dict(l=50, r=20, t=70, b=40))
     return fig

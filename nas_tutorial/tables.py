@@ -148,11 +148,7 @@ def _spos_spec(preset: str, device) -> Spec:
         train(net, train_ds, spos.standalone_config(cfg, seed), device=device, progress=False)
         return evaluate(net, valid_ds, device)[1]
 
-    protocol = {"dataset": cfg.dataset, "image_size": cfg.image_size,
-                "train_images": cfg.train_images, "valid_images": cfg.valid_images,
-                "supernet": asdict(sc), "train": asdict(spos.standalone_config(cfg, 0))}
-    protocol["train"].pop("seed")
-    return Spec("spos", rows, protocol,
+    return Spec("spos", rows, spos.table_protocol(cfg),
                 lambda p: (spos.count_params(p, sc), spos.count_flops(p, sc)), run,
                 note="held-out accuracy of the path trained stand-alone (spos.standalone_config)")
 

@@ -344,3 +344,19 @@ def plot_skip_monitor(history, cell: str = "normal"):
                       xaxis_title="epoch", yaxis=dict(title="skips", range=[-0.2, n_pairs + 0.2]),
                       height=300, margin=dict(l=40, r=20, t=60, b=40))
     return fig
+
+
+def add_band(fig, x, curves, name, color, row=None, col=None):
+    """Add the mean of ``curves`` (one list per seed, NaN allowed) as a step line and their
+    min-max as a shaded band: how the method does, and how far seeds spread around it."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    a = np.asarray(curves, dtype=float)
+    lo, hi, mean = np.nanmin(a, 0), np.nanmax(a, 0), np.nanmean(a, 0)
+    kw = dict(row=row, col=col) if row else {}
+    fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo[::-1]),
+                             fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
+                             hoverinfo="skip", showlegend=False, legendgroup=name), **kw)
+    fig.add_trace(go.Scatter(x=list(x), y=list(mean), mode="lines", name=name,
+                             legendgroup=name, line=dict(color=color, shape="hv")), **kw)

@@ -1,5 +1,6 @@
 """SPOS: supernet vs stand-alone, FLOPs lookup, single-path updates, search operators,
 BN recalibration, resume, budgets and the CLI."""
+import functools
 import json
 import random
 from dataclasses import replace
@@ -228,6 +229,9 @@ def test_bn_recalibration_changes_running_stats_and_fitness_is_cached():
     path = (0, 1, 2, 3)
     trained = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k}
     acc_on = ev.accuracy(path)
+    for k, v in trained.items():  # the evaluator leaves the trained statistics in place
+        assert torch.equal(v, supernet.state_dict()[k]), k
+    spos.recalibrate_bn(supernet, path, ev.recal)
     changed = [k for k, v in trained.items() if not torch.equal(v, supernet.state_dict()[k])]
     assert any(k.startswith("stem") for k in changed)
     assert any(k.startswith("layers.1.1.") for k in changed)  # a block on the path
@@ -291,6 +295,175 @@ def test_cli_search_writes_the_run_folder_and_resumes(tmp_path, monkeypatch, cap
     assert best["path"] in [e["path"] for e in evaluated["evolution"]]
     assert str(tuple(best["path"])) in first
     assert (out / "pareto.html").exists() and (out / "progress.html").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("seed", "supernet_train_accuracy", "kendall_tau", "kendall_p",
+                "kendall_tau_no_recal", "paths_ranked", "recal_improved_fraction",
+                "evolution_best", "random_best", "evaluations"):
+        assert key in summary, key
+    assert summary["evolution_best"] == best["fitness"] and summary["evaluations"] == 8
+    assert summary["random_best"] == max(e["fitness"] for e in evaluated["random"])
+    assert summary["paths_ranked"] == 0 and summary["kendall_tau"] is None  # no table here
+    assert summary["sampling"] == "window"
     assert main(["search", "spos", "--preset", "quick", "--population", "4",
                  "--generations", "2", "--resume", str(out)]) == 0  # all from checkpoints
     assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
+
+
+# -- issue 11: sampling, the cached supernet, ranking with and without recalibration ----------
+def test_training_samples_inside_the_flops_window_by_default(monkeypatch):
+    """The official train.py always resamples until a path's FLOPs fall in the window
+    around the budget; that is the default here, and uniform sampling stays an option."""
+    cfg = spos.get_config("quick")
+    assert cfg.sampling == "window"
+    lo, hi = (e * 1e6 for e in spos.flops_bins(cfg.supernet, cfg.flops_limit)[::7])
+    assert lo < cfg.flops_limit * 1e6 < hi
+    space = spos.space_range(cfg.supernet)["flops"]
+    assert space[0] * 1e6 < lo and hi < space[1] * 1e6  # the window is narrower than the space
+    seen = {}
+    original = spos.sample_path
+
+    def record(*args, **kw):
+        path = original(*args, **kw)
+        seen.setdefault(kw.get("flops_limit"), []).append(spos.count_flops(path, TINY))
+        return path
+
+    monkeypatch.setattr(spos, "sample_path", record)
+    lo_t, hi_t = spos.space_range(TINY)["flops"]
+    limit = round((lo_t + hi_t) / 2, 4)
+    for sampling in ("window", "uniform"):
+        c = replace(TINY_CFG, epochs=1, batch_size=8, flops_limit=limit, sampling=sampling)
+        spos.train_supernet(spos.Supernet(TINY), _data(64), c, "cpu", progress=False)
+    window = [e * 1e6 for e in spos.flops_bins(TINY, limit)]
+    flops = seen[limit]
+    inside = [window[0] <= f <= window[-1] for f in flops]
+    assert len(flops) == 16 and all(inside[:8]) and not all(inside[8:])
+
+
+def test_a_finished_supernet_checkpoint_keeps_weights_and_is_found_again(tmp_path):
+    train = _data(64)
+    cfg = replace(TINY_CFG, epochs=2)
+    torch.manual_seed(0)
+    net = spos.Supernet(TINY)
+    spos.train_supernet(net, train, cfg, "cpu", tmp_path / "supernet.pt", progress=False)
+    state = torch.load(tmp_path / "supernet.pt", weights_only=False)
+    assert set(state) == {"model", "history", "epoch", "config"}  # no optimizer any more
+    loaded, history, source = spos.load_supernet(cfg, train, "cpu", folders=[tmp_path],
+                                                 progress=False)
+    assert source == (tmp_path / "supernet.pt").resolve() and history["epoch"] == [1, 2]
+    for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    # other settings (here another seed) never load it: the supernet is trained instead
+    other = replace(cfg, seed=1, epochs=1)
+    assert spos.supernet_file(other, [tmp_path]) is None
+    assert spos.load_supernet(other, train, "cpu", [tmp_path], False)[2] is None
+
+
+@pytest.mark.fashion
+def test_the_shipped_quick_supernet_is_what_search_spos_makes():
+    """The notebook may load data/runs/spos-quick-seed0/supernet.pt instead of training:
+    it must hold the quick preset's exact settings, be finished, and start as training
+    with those settings starts (re-run here: the same losses over the first steps, which
+    any change of init, data order, sampled paths or lr would move)."""
+    cfg = spos.get_config("quick", seed=0)
+    f = spos.RECORDED / "spos-quick-seed0" / "supernet.pt"
+    assert spos.supernet_file(cfg, [f.parent]) == f.resolve()
+    assert spos.shown(f) == "data/runs/spos-quick-seed0/supernet.pt"
+    shipped = torch.load(f, weights_only=False)["history"]
+    train_ds, _ = spos.load_data(cfg, "cpu")
+
+    class FirstEpoch(Exception):
+        pass
+
+    def stop(history):
+        raise FirstEpoch
+
+    seen = {}
+    torch.manual_seed(cfg.seed)
+    with pytest.raises(FirstEpoch):
+        spos.train_supernet(spos.Supernet(cfg.supernet), train_ds, cfg, "cpu", progress=False,
+                            callback=lambda h: (seen.update(h), stop(h)))
+    assert len(shipped["first_losses"]) == spos.FIRST_STEPS
+    assert seen["first_losses"] == pytest.approx(shipped["first_losses"], abs=1e-3)
+    summary = json.loads((f.parent / "summary.json").read_text())
+    assert summary["seed"] == 0 and summary["supernet_epochs"] == cfg.epochs
+    # its fitness cache belongs to it and holds what the evaluator computes
+    supernet, _, source = spos.load_supernet(cfg, train_ds, "cpu", folders=[f.parent])
+    ev = spos.PathEvaluator(supernet, train_ds, spos.load_data(cfg, "cpu")[1], cfg.recal_batches,
+                            cfg.recal_batch_size, amp=cfg.amp, seed=cfg.seed)
+    assert ev.load_cache(f.parent / "fitness.json") >= 100
+    for path in list(ev.cache)[:2]:
+        assert ev.accuracy(path) == pytest.approx(ev.cache[path], abs=2 / ev.n_valid)
+
+
+def test_fitness_cache_round_trip_and_a_stale_cache_is_ignored(tmp_path):
+    torch.manual_seed(0)
+    net = spos.Supernet(TINY)
+    train, valid = _data(64), _data(32, seed=1)
+    ev = spos.PathEvaluator(net, train, valid, recal_batches=2, recal_batch_size=16)
+    paths = _paths(TINY, 3)
+    fit = [ev(p) for p in paths]
+    ev.save_cache(tmp_path / "fitness.json")
+    again = spos.PathEvaluator(net, train, valid, recal_batches=2, recal_batch_size=16)
+    assert again.load_cache(tmp_path / "fitness.json") == len(set(paths))
+    assert [again.cache[p] for p in paths] == fit
+    assert [again.accuracy(p) for p in paths] == fit  # the cache is what it computes
+    other_recal = spos.PathEvaluator(net, train, valid, recal_batches=1, recal_batch_size=16)
+    assert other_recal.load_cache(tmp_path / "fitness.json") == 0
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)  # another supernet: another fingerprint
+    moved = spos.PathEvaluator(net, train, valid, recal_batches=2, recal_batch_size=16)
+    assert moved.load_cache(tmp_path / "fitness.json") == 0
+
+
+def test_ranking_from_table_measures_with_and_without_recalibration():
+    torch.manual_seed(0)
+    net = spos.Supernet(TINY)
+    spos.train_supernet(net, _data(64), replace(TINY_CFG, epochs=1), "cpu", progress=False)
+    ev = spos.PathEvaluator(net, _data(64), _data(48, seed=1), recal_batches=2,
+                            recal_batch_size=16)
+    paths = list(dict.fromkeys(_paths(TINY, 8)))
+    rows = [{"key": "".join(map(str, p)), "arch": list(p), "accuracy": [0.5 + 0.01 * i]}
+            for i, p in enumerate(paths)]
+    rank = spos.ranking_from_table(ev, nt.tables.Table("spos", {"seeds": [0]}, rows))
+    off = [ev.accuracy(p, recalibrate=False) for p in paths]
+    on = [ev.accuracy(p) for p in paths]
+    assert rank["inherited_no_recal"] == off and rank["inherited"] == on
+    assert rank["improved"] == sum(a > b for a, b in zip(on, off)) / len(paths)
+    from scipy.stats import kendalltau
+    for key, acc in (("tau_no_recal", off), ("tau", on)):
+        assert rank[key] == pytest.approx(kendalltau(acc, rank["standalone"])[0], nan_ok=True)
+
+
+def test_search_study_shares_one_cache_and_counts_wins():
+    calls = []
+
+    def fitness(path):
+        calls.append(tuple(path))
+        return _fake_fitness(path)
+
+    ev = functools.lru_cache(maxsize=None)(fitness)
+    cfg = replace(spos.get_config("quick"), population=8, generations=3, topk=3, n_mutation=3,
+                  n_crossover=3)
+    study = spos.search_study(ev, cfg, seeds=(0, 1, 2), progress=False)
+    s = spos.study_summary(study)
+    assert s["seeds"] == [0, 1, 2] and len(s["evolution"]) == 3
+    assert s["evolution_at_least_random"] == sum(a >= b for a, b in zip(s["evolution"],
+                                                                          s["random"]))
+    assert len(calls) == len(set(calls))  # one evaluation per distinct path, across seeds
+    for r in study:
+        assert len(r["random"].evaluated) == len(r["evolution"].evaluated)
+
+
+def test_search_threads_flag_sets_torch_threads_for_the_run(monkeypatch, capsys):
+    seen = {}
+
+    def fake(**kw):
+        seen["threads"], seen["sampling"] = torch.get_num_threads(), kw["sampling"]
+        return {"run_dir": "x", "result": "ok", "files": {}}
+
+    monkeypatch.setattr(spos, "cli_search", fake)
+    before = torch.get_num_threads()
+    assert main(["search", "spos", "--threads", "2", "--sampling", "uniform"]) == 0
+    assert seen == {"threads": 2, "sampling": "uniform"}
+    assert main(["search", "spos"]) == 0 and seen["threads"] == 1  # the default rule
+    assert torch.get_num_threads() == before
