@@ -22,8 +22,24 @@ def atomic_write(path, write) -> Path:
     return path
 
 
-def write_json(path, obj, indent: int = 1) -> Path:
-    return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=indent) + "\n"))
+def finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None, at any depth: strict JSON
+    (``NaN`` is not JSON, and other readers refuse it)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj, indent: int = 1, strict: bool = False) -> Path:
+    """Write ``obj`` as JSON atomically; ``strict``: non-finite floats become null."""
+    if strict:
+        obj = finite(obj)
+    text = json.dumps(obj, indent=indent, allow_nan=not strict) + "\n"
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def save(obj, path) -> Path:

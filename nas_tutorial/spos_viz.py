@@ -192,12 +192,13 @@ def plot_supernet_history(history: dict, title="supernet training"):
     return fig
 
 
-def plot_supernet_sweep(rows, ceiling: float | None = None, title=None):
+def plot_supernet_sweep(rows, ceiling: dict | None = None, title=None):
     """How long to train the supernet, measured (``benchmarks/spos_supernet_sweep.py``):
     per number of supernet epochs, over the supernet seeds (mean, min-max bars), its
     training accuracy, Kendall tau against the table with and without BN recalibration,
     and the share of search seeds in which evolution found a path at least as good as
-    random search. ``ceiling``: the tau a perfect ranker could expect against the table."""
+    random search. ``ceiling`` (:func:`~nas_tutorial.spos.ranking_ceiling`): the tau a
+    perfect ranker could expect against the table, up to its bootstrap bound, as a band."""
     import numpy as np
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -212,8 +213,7 @@ def plot_supernet_sweep(rows, ceiling: float | None = None, title=None):
                           arrayminus=mean - np.array([min(v) for v in vals]))
 
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
-        "supernet training accuracy", "Kendall tau vs the table",
-        "evolution >= random (share of seeds)"))
+        "training accuracy", "Kendall tau vs the table", "share: evolution >= random"))
     m, err = stat(lambda r: r["train_acc"])
     fig.add_trace(go.Scatter(x=epochs, y=m, error_y=err, name="training accuracy",
                              mode="lines+markers", line=dict(color="#228833")), 1, 1)
@@ -224,16 +224,19 @@ def plot_supernet_sweep(rows, ceiling: float | None = None, title=None):
         fig.add_trace(go.Scatter(x=epochs, y=m, error_y=err, name=f"tau, {name}",
                                  mode="lines+markers", line=dict(color=color)), 1, 2)
     if ceiling is not None:
-        fig.add_hline(y=ceiling, line=dict(color="#888", dash="dash"), row=1, col=2,
-                      annotation_text="perfect ranker", annotation_position="top left")
+        fig.add_hrect(y0=ceiling["tau_max"], y1=ceiling["tau_max_upper"], fillcolor="#999999",
+                      opacity=0.2, line_width=0, row=1, col=2)
+        fig.add_hline(y=ceiling["tau_max"], line=dict(color="#888", dash="dash"), row=1, col=2,
+                      annotation_text="a perfect ranker (band: 95% bound)",
+                      annotation_position="top left", annotation_font_size=10)
     m, err = stat(lambda r: np.mean([s["evolution"] >= s["random"] for s in r["search"]]))
     fig.add_trace(go.Scatter(x=epochs, y=m, error_y=err, name="evolution >= random",
                              mode="lines+markers", line=dict(color="#4477aa")), 1, 3)
     fig.update_xaxes(title_text="supernet epochs")
     fig.update_yaxes(range=[-0.55, 1.05], row=1, col=2)
-    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=3)
+    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=3)  # share of search seeds
     seeds = len({r["seed"] for r in rows})
-    fig.update_layout(title=title or f"how long to train the supernet ({seeds} supernet seeds, "
-                                     f"mean and min-max)", height=360,
+    fig.update_layout(title=title or f"supernet length: {seeds} supernet seeds, mean and min-max",
+                      height=380,
                       legend=dict(orientation="h", y=-0.3), margin=dict(l=50, r=20, t=70, b=40))
     return fig
