@@ -28,7 +28,16 @@ Exact rewrites of the official computation, for speed (performance.md):
 Deviations, all deliberate: the ``quick`` preset is a scaled-down search (16 px Fashion-MNIST, 3 nodes,
 10x arch lr) for a CPU; every epoch also evaluates the architecture half (PC-DARTS only
 does it in the last epoch); the unrolled step restores the BN statistics its virtual step
-touched (the official code ran it on a throw-away copy of the network).
+touched (the official code ran it on a throw-away copy of the network); on CUDA the weight
+step and the first-order architecture step run under bf16 autocast, but the second-order
+step (virtual step and finite-difference Hessian-vector product) always runs in fp32,
+because bf16 cannot resolve its 0.01/||v|| perturbation (the official code is fp32
+throughout); epoch e uses lr = cosine(e), PyTorch's documented order (the official loop
+calls ``scheduler.step()`` first, so its epoch e uses cosine(e + 1): it never trains at the
+full lr and reaches lr_min in its last epoch); the architecture's validation batches are
+drawn without replacement per epoch, in step with the training batches (the official code
+takes the next batch of an endless validation iterator every step: the same data, another
+order).
 
 Left out: the ImageNet search (K=2, batch 1024, lr 0.5); multi-GPU; the DARTS RNN space.
 """
@@ -377,6 +386,15 @@ def _loss(model, x, y, device, amp):
         return F.cross_entropy(model(x).float(), y)
 
 
+def _loss_fp32(model, x, y, device):
+    """The loss in float32 whatever autocast is on: the second-order step differences two
+    gradients taken R = 0.01/||v|| apart, far below bf16's resolution (8 bits of mantissa);
+    measured under emulated bf16 autocast, the finite-difference Hessian-vector product had
+    cosine 0.24 with the float64 one and the whole second-order gradient 0.53 (fp32: 1.000)."""
+    with torch.autocast(torch.device(device).type, enabled=False):
+        return F.cross_entropy(model(x).float(), y)
+
+
 def _grad(loss, params):
     # A network with fewer than 3 cells has no normal cell: its alphas get zero gradient.
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -418,8 +436,9 @@ class Architect:
     def unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
         cfg, model, dev = self.config, self.model, self.device
         weights, arch = model.weight_parameters(), model.arch_parameters()
-        # w' = one virtual SGD step; done in place and undone (no second network).
-        loss = _loss(self.forward, x_train, y_train, dev, cfg.amp)
+        # w' = one virtual SGD step; done in place and undone (no second network). All of
+        # the second-order step runs in fp32 (_loss_fp32), even when the search uses bf16.
+        loss = _loss_fp32(self.forward, x_train, y_train, dev)
         g_w = _grad(loss, weights)
         saved = [w.detach().clone() for w in weights]
         buffers = [b.detach().clone() for b in model.buffers()]
@@ -429,7 +448,7 @@ class Architect:
                        if w_optimizer is not None else None)
                 moment = cfg.momentum * buf if buf is not None else 0.0
                 w.sub_(lr * (moment + g + cfg.weight_decay * w))
-        loss_val = _loss(self.forward, x_valid, y_valid, dev, cfg.amp)
+        loss_val = _loss_fp32(self.forward, x_valid, y_valid, dev)
         grads = _grad(loss_val, arch + weights)
         d_alpha, v = grads[:len(arch)], grads[len(arch):]
         with torch.no_grad():  # back to w; the virtual step's BN statistics are dropped too
@@ -448,7 +467,7 @@ class Architect:
             with torch.no_grad():
                 for w, t in zip(weights, v):
                     w.add_(t, alpha=sign * R)
-            loss = _loss(self.forward, x, y, self.device, self.config.amp)
+            loss = _loss_fp32(self.forward, x, y, self.device)
             grads.append(_grad(loss, arch))
         with torch.no_grad():
             for w, t in zip(weights, v):
