@@ -36,7 +36,10 @@ def _parser():
     p.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the official-style implementation (reference_pc_darts.py)")
+    p.add_argument("--no-layouts", action="store_true",
+                   help="skip the NCHW vs NHWC step-time comparison per K")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-layouts", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-reference", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -131,6 +134,62 @@ def measure(k: int, args) -> dict:
             "params": sum(p.numel() for p in model.weight_parameters())}
 
 
+def measure_layouts(k: int, args) -> dict:
+    """Step time of the same search step with the supernet and its batches in NCHW and in
+    NHWC (channels_last), one model per layout with equal weights, the two timed in
+    alternation (A/B, the first of each pair alternating) so that a change in machine load
+    hits both alike. Decides :data:`nas_tutorial.pc_darts.CPU_CHANNELS_LAST`."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from nas_tutorial.data import resolve_device
+    from nas_tutorial.pc_darts import Architect, SearchNetwork, get_config
+    from nas_tutorial.training import autocast
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1)
+    base = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    x0, xv0 = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
+    steps = {}
+    for name, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
+        model = copy.deepcopy(base).to(memory_format=fmt)
+        arch = Architect(model, cfg, device)
+        opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9,
+                              weight_decay=3e-4)
+        x, xv = x0.contiguous(memory_format=fmt), xv0.contiguous(memory_format=fmt)
+
+        def step(model=model, arch=arch, opt=opt, x=x, xv=xv):
+            arch.step(x, y, xv, yv, cfg.lr, opt)
+            with autocast(device, cfg.amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=model.weight_parameters())
+            opt.step()
+        steps[name] = step
+    times = {name: [] for name in steps}
+    for name in steps:  # warm-up
+        steps[name]()
+    for i in range(args.steps):
+        for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            steps[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    nchw, nhwc = statistics.median(times["nchw"]), statistics.median(times["nhwc"])
+    return {"k": k, "device": str(device), "threads": args.threads, "batch": args.batch,
+            "nchw_s": nchw, "nhwc_s": nhwc, "nhwc_ratio": nhwc / nchw,
+            "faster": "channels_last" if nhwc < nchw else "contiguous"}
+
+
 def measure_reference(k: int, args) -> dict:
     """The same step done the official way (``reference_pc_darts.RefNetwork``): one ReLU
     per op, the ``none`` op computed, a shuffle per edge, and an architecture step whose
@@ -182,20 +241,22 @@ def measure_reference(k: int, args) -> dict:
 def main(argv=None) -> list:
     args = _parser().parse_args(argv)
     if args.child is not None:
-        fn = measure_reference if args.child_reference else measure
+        fn = (measure_layouts if args.child_layouts else
+              measure_reference if args.child_reference else measure)
         print(json.dumps(fn(args.child, args)))
         return []
     import torch
 
     ks = [int(k) for k in args.ks.split(",")]
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    def child(k, reference=False):
+    def child(k, reference=False, layouts=False):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         argv_child = [sys.executable, os.path.abspath(__file__), "--child", str(k),
                       "--batch", str(args.batch), "--image-size", str(args.image_size),
                       "--C", str(args.C), "--layers", str(args.layers),
                       "--steps", str(args.steps), "--threads", str(args.threads),
                       "--device", "cpu"] + (["--child-reference"] if reference else [])
+        argv_child += ["--child-layouts"] if layouts else []
         out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -211,6 +272,22 @@ def main(argv=None) -> list:
             rows[-1]["official_peak_mb"] = official[k]["peak_mb"]
             print(f"  K={k} official-style: {official[k]['step_s']:.2f} s/step, "
                   f"{official[k]['peak_mb']:.0f} MB", flush=True)
+    layouts = []
+    if not args.no_layouts:
+        for k in ks:
+            try:
+                layouts.append(measure_layouts(k, args) if cuda else child(k, layouts=True))
+            except subprocess.CalledProcessError as e:  # a crash is a result too
+                why = (e.stderr or "").strip().splitlines()[-1:] or [f"exit {e.returncode}"]
+                layouts.append({"k": k, "nchw_s": None, "nhwc_s": None, "nhwc_ratio": None,
+                                "faster": "contiguous", "nhwc_error": why[0][:200]})
+                print(f"  K={k} layout: NHWC failed ({why[0][:80]}) -> contiguous", flush=True)
+                continue
+            r = layouts[-1]
+            print(f"  K={k} layout: NCHW {r['nchw_s']:.2f} s, NHWC {r['nhwc_s']:.2f} s "
+                  f"-> {r['faster']}", flush=True)
+        for row, lay in zip(rows, layouts):
+            row["layout"] = lay
     ref = next((r for r in rows if r["k"] == 1), rows[0])
     print(f"\none search step (arch + weights), batch {args.batch}, "
           f"{args.image_size}x{args.image_size}x3, C={args.C}, {args.layers} cells, "

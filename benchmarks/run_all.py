@@ -48,6 +48,15 @@ def main(argv=None) -> list:
                      "time": f"{r['step_s']:.3f} s", "peak_mb": r["peak_mb"],
                      "ratio": r["time_ratio"], "baseline": "DARTS K=1 step time",
                      "memory_ratio": r["memory_ratio"], "raw": r})
+        if "layout" in r:
+            lay = r["layout"]
+            ok = lay["nhwc_ratio"] is not None
+            rows.append({"method": "PC-DARTS" if r["k"] > 1 else "DARTS",
+                         "case": f"layout K={r['k']}: NHWC vs NCHW",
+                         "time": (f"{lay['nhwc_s']:.2f}/{lay['nchw_s']:.2f} s" if ok
+                                  else "NHWC failed"), "peak_mb": None,
+                         "ratio": lay["nhwc_ratio"] if ok else float("nan"),
+                         "baseline": "same step in NCHW", "raw": lay})
 
     sp = bench_spos.main((["--device", "cuda", "--config", "cifar", "--batch", "256"]
                           if cuda else []) + ["--steps", "5" if args.quick else "20"])

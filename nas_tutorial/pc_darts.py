@@ -325,7 +325,7 @@ class SearchConfig:
     steps_per_epoch: int | None = None  # cap on steps per epoch (None = the whole half)
     record_every: int = 0          # also record alpha/beta/genotype every N steps; 0 = off
     amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True     # NHWC memory format (on a CPU only at K=1, see _search)
+    channels_last: bool = True     # NHWC where measured faster (uses_channels_last)
     compile: bool = False          # torch.compile the supernet (CUDA only)
     cpu_threads: int | None = None  # torch threads for a CPU search, restored after; None = as is
 
@@ -565,13 +565,31 @@ def _resolve_config(config, resume):
     return saved
 
 
+# The search step's memory layout on a CPU, per K: NHWC (True) or NCHW, as the newest CPU
+# record of `make bench` measured it (benchmarks/bench_pc_darts.py: the same step in both
+# layouts, timed in alternation; data/runs/benchmarks-cpu-*.json). A test keeps this table
+# and that record in agreement. Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells,
+# 32 px), NHWC time / NCHW time: 0.60 at K=1, 0.91 at K=2, 1.05 at K=4; at K=8 the NHWC step
+# had not finished 12 steps after 10 minutes (NCHW: about 3 s a step) and was stopped. Partial
+# channels slice NHWC tensors along their innermost dimension, which the CPU kernels handle
+# badly once the slice is narrow. K=2 stays NCHW although NHWC was 9% faster: with partial
+# channels in NHWC, torch 2.14.1's CPU backward is unsafe - on one thread the process dies
+# ("corrupted double-linked list"; at K=4 "corrupted size vs. prev_size"), on two threads two
+# searches with one seed differ from the first steps (6th digit of the loss) - and a seed must
+# fix a search. NHWC at K=1 and NCHW at every K repeat a seeded search exactly (tested).
+CPU_CHANNELS_LAST = {1: True, 2: False, 4: False, 8: False}
+CPU_NHWC_UNSAFE_K = frozenset(k for k in range(2, 65))  # partial channels: see above
+
+
 def uses_channels_last(config: SearchConfig, device) -> bool:
-    """NHWC for the supernet: on CUDA as configured, on a CPU only at K=1. With partial
-    channels the ops read channel slices of NHWC tensors, which is slower on a CPU (measured
-    at K=4) and, with torch 2.14.1's CPU kernels, corrupts the heap in the backward pass
-    ("corrupted size vs. prev_size", reproduced with the quick search at K=4; K=1 and NCHW
-    run clean)."""
-    return config.channels_last and (torch.device(device).type == "cuda" or config.k == 1)
+    """NHWC for the supernet? On CUDA as configured (with bf16 autocast NHWC is the fast
+    layout of cuDNN; no GPU was lent to measure it here); on a CPU, what the benchmark
+    measured faster for this K (:data:`CPU_CHANNELS_LAST`; an unmeasured K gets NCHW)."""
+    if not config.channels_last:
+        return False
+    if torch.device(device).type == "cuda":
+        return True
+    return CPU_CHANNELS_LAST.get(config.k, False) and config.k not in CPU_NHWC_UNSAFE_K
 
 
 def _search(config, out, resume, device, progress, callback) -> SearchResult:

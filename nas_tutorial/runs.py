@@ -46,7 +46,7 @@ def record(kind: str, payload: dict, device="auto", root=None, name: str | None 
         "torch": torch.__version__,
         "payload": payload,
     }
-    return write_json(folder / f"{name}.json", summary)
+    return write_json(folder / f"{name}.json", summary, strict=True)
 
 
 def load_runs(kind: str | None = None, root=None) -> list:
@@ -67,3 +67,27 @@ def load_runs(kind: str | None = None, root=None) -> list:
 def label(run: dict) -> str:
     """``<kind> on <device>, <date>`` for legends and table captions."""
     return f"{run.get('kind', '?')} on {run.get('device', '?')}, {run.get('recorded_at', '?')[:10]}"
+
+
+def search_step_table(run: dict) -> str:
+    """The PC-DARTS/DARTS rows of a recorded ``benchmarks`` run as a text table: per K the
+    step time and peak memory of this project's search step, of the official-style step on
+    the same machine (``benchmarks/reference_pc_darts.py``), their ratio, and the NHWC/NCHW
+    step-time ratio that decides the search's memory layout."""
+    lines = [label(run),
+             f"{'method':<9}{'K':>3}{'ours s':>8}{'official s':>12}{'ours/official':>15}"
+             f"{'peak MB':>9}{'official MB':>13}{'NHWC/NCHW':>11}"]
+    for row in run["payload"]["rows"]:
+        raw = row.get("raw", {})
+        if "step_s" not in raw or "k" not in raw or "impl" in raw:
+            continue
+        off = raw.get("official_step_s")
+        lay = raw.get("layout", {})
+        lines.append(
+            f"{row['method']:<9}{raw['k']:>3}{raw['step_s']:>8.2f}"
+            + (f"{off:>12.2f}{raw['step_s'] / off:>15.2f}" if off else f"{'-':>12}{'-':>15}")
+            + f"{raw['peak_mb']:>9.0f}"
+            + (f"{raw['official_peak_mb']:>13.0f}" if raw.get("official_peak_mb") else f"{'-':>13}")
+            + (f"{'-':>11}" if not lay else f"{'failed':>11}" if lay.get("nhwc_ratio") is None
+               else f"{lay['nhwc_ratio']:>11.2f}"))
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nas_tutorial as nt
 from nas_tutorial import pc_darts as pc
 from nas_tutorial.cli import main as cli_main
 from nas_tutorial.ops import DARTS_OPS
@@ -303,3 +304,46 @@ def test_second_order_step_stays_fp32_under_bf16_autocast(monkeypatch):
     first64 = torch.autograd.grad(pc._loss(net64, xv.double(), yv, cpu, False),
                                   net64.arch_parameters())
     assert cosine(first, first64) < 0.9999  # the emulation is on: bf16 elsewhere
+
+
+def _repeats_exactly(k, channels_last, monkeypatch) -> bool:
+    """Do two tiny searches with one seed, in one layout, give the same losses?"""
+    monkeypatch.setitem(pc.CPU_CHANNELS_LAST, k, channels_last)
+    cfg = _tiny(k=k, edge_norm=k > 1, epochs=2, record_every=0)
+    runs = [pc.search(cfg, device="cpu", progress=False).history for _ in range(2)]
+    assert pc.uses_channels_last(cfg, "cpu") == channels_last
+    return runs[0].train_loss == runs[1].train_loss and runs[0].alpha_normal == runs[1].alpha_normal
+
+
+def test_nchw_repeats_a_seeded_search_exactly(monkeypatch):
+    for k in (2, 4):
+        assert _repeats_exactly(k, False, monkeypatch), k
+
+
+def test_cpu_layout_table_follows_the_newest_benchmark_record(monkeypatch):
+    """The search's CPU memory layout per K is what `make bench` measured faster, not a
+    habit: the table in the library agrees with the newest CPU record that has layout rows
+    (a difference under 5% may go either way; a NHWC step that failed means NCHW)."""
+    from pathlib import Path
+
+    root = Path(pc.__file__).resolve().parent.parent / "data" / "runs"
+    records = [r for r in nt.runs.load_runs("benchmarks", root=root)
+               if r["device"].startswith("CPU")
+               and any("layout" in row.get("raw", {}) for row in r["payload"]["rows"])]
+    assert records, "no CPU benchmark record with layout rows under data/runs"
+    measured = {row["raw"]["k"]: row["raw"]["layout"] for row in records[0]["payload"]["rows"]
+                if "layout" in row.get("raw", {})}
+    assert set(measured) >= {1, 2, 4, 8}
+    for k, lay in measured.items():
+        table = pc.CPU_CHANNELS_LAST.get(k, False)
+        if lay["nhwc_ratio"] is None:
+            assert table is False, k
+        elif lay["nhwc_ratio"] < 0.95 and not table:  # faster, but refused as unsafe
+            assert k in pc.CPU_NHWC_UNSAFE_K, (k, lay)
+        elif abs(lay["nhwc_ratio"] - 1) > 0.05:
+            assert table == (lay["nhwc_ratio"] < 1), (k, lay)
+        if table:  # a layout the search uses must repeat a seeded search exactly
+            assert k not in pc.CPU_NHWC_UNSAFE_K and _repeats_exactly(k, True, monkeypatch), k
+        cfg = pc.get_config("pc-darts", "quick", k=k, edge_norm=k > 1)
+        assert pc.uses_channels_last(cfg, "cpu") == pc.CPU_CHANNELS_LAST.get(k, False)
+    assert pc.uses_channels_last(pc.get_config("darts", "quick", channels_last=False), "cpu") is False

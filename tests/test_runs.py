@@ -1,6 +1,7 @@
 """Recorded run summaries carry device and date, and load back newest first."""
 import json
 
+import nas_tutorial as nt
 from nas_tutorial import runs
 
 
@@ -14,3 +15,18 @@ def test_record_and_load(tmp_path):
                                                                      [{"x": 1}, {"y": 2}])
     only = runs.load_runs("bench", root=tmp_path)
     assert len(only) == 1 and "bench on CPU" in runs.label(only[0])
+
+
+def test_search_step_table_reads_the_shipped_benchmark_record():
+    from pathlib import Path
+
+    root = Path(nt.runs.__file__).resolve().parent.parent / "data" / "runs"
+    run = next(r for r in nt.runs.load_runs("benchmarks", root=root)
+               if any("layout" in row.get("raw", {}) for row in r["payload"]["rows"]))
+    text = nt.runs.search_step_table(run)
+    lines = text.splitlines()
+    assert lines[0] == nt.runs.label(run) and len(lines) == 2 + 4  # header + K=1/2/4/8
+    k8 = next(row["raw"] for row in run["payload"]["rows"]
+              if row.get("raw", {}).get("k") == 8 and "layout" in row["raw"])
+    if k8["layout"]["nhwc_ratio"] is None:
+        assert lines[-1].rstrip().endswith("failed")
