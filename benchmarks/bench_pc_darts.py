@@ -38,6 +38,9 @@ def _parser():
                    help="skip the official-style implementation (reference_pc_darts.py)")
     p.add_argument("--no-layouts", action="store_true",
                    help="skip the NCHW vs NHWC step-time comparison per K")
+    p.add_argument("--layout-timeout", type=int, default=600,
+                   help="seconds before a layout comparison counts as failed (NHWC can be "
+                        "pathologically slow with narrow channel slices)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-layouts", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-reference", action="store_true", help=argparse.SUPPRESS)
@@ -170,6 +173,7 @@ def measure_layouts(k: int, args) -> dict:
                 loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=model.weight_parameters())
+            torch.nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
             opt.step()
         steps[name] = step
     times = {name: [] for name in steps}
@@ -257,7 +261,8 @@ def main(argv=None) -> list:
                       "--steps", str(args.steps), "--threads", str(args.threads),
                       "--device", "cpu"] + (["--child-reference"] if reference else [])
         argv_child += ["--child-layouts"] if layouts else []
-        out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True,
+                             timeout=args.layout_timeout if layouts else None)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     rows, official = [], {}
@@ -277,8 +282,12 @@ def main(argv=None) -> list:
         for k in ks:
             try:
                 layouts.append(measure_layouts(k, args) if cuda else child(k, layouts=True))
-            except subprocess.CalledProcessError as e:  # a crash is a result too
-                why = (e.stderr or "").strip().splitlines()[-1:] or [f"exit {e.returncode}"]
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+                # a crash or a step far slower than NCHW is a result too
+                err = e.stderr if isinstance(e.stderr, str) else (e.stderr or b"").decode()
+                why = ([f"timeout after {args.layout_timeout} s"]
+                       if isinstance(e, subprocess.TimeoutExpired)
+                       else err.strip().splitlines()[-1:] or [f"exit {e.returncode}"])
                 layouts.append({"k": k, "nchw_s": None, "nhwc_s": None, "nhwc_ratio": None,
                                 "faster": "contiguous", "nhwc_error": why[0][:200]})
                 print(f"  K={k} layout: NHWC failed ({why[0][:80]}) -> contiguous", flush=True)

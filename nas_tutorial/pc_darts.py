@@ -35,14 +35,16 @@ because bf16 cannot resolve its 0.01/||v|| perturbation (the official code is fp
 throughout); epoch e uses lr = cosine(e), PyTorch's documented order (the official loop
 calls ``scheduler.step()`` first, so its epoch e uses cosine(e + 1): it never trains at the
 full lr and reaches lr_min in its last epoch); the architecture's validation batches are
-drawn without replacement per epoch, in step with the training batches (the official code
-takes the next batch of an endless validation iterator every step: the same data, another
-order).
+drawn without replacement per epoch, in step with the training batches (the official
+PC-DARTS code takes the next batch of an endless validation iterator every step: the same
+data, another order; DARTS's ``next(iter(valid_queue))`` draws a fresh random batch every
+step, with replacement across steps).
 
 Left out: the ImageNet search (K=2, batch 1024, lr 0.5); multi-GPU; the DARTS RNN space.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -386,12 +388,21 @@ def _loss(model, x, y, device, amp):
         return F.cross_entropy(model(x).float(), y)
 
 
+def _no_autocast(device):
+    """A context with autocast off on ``device`` (where torch has autocast for it)."""
+    kind = torch.device(device).type
+    if kind in ("cuda", "cpu"):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _loss_fp32(model, x, y, device):
-    """The loss in float32 whatever autocast is on: the second-order step differences two
-    gradients taken R = 0.01/||v|| apart, far below bf16's resolution (8 bits of mantissa);
-    measured under emulated bf16 autocast, the finite-difference Hessian-vector product had
-    cosine 0.24 with the float64 one and the whole second-order gradient 0.53 (fp32: 1.000)."""
-    with torch.autocast(torch.device(device).type, enabled=False):
+    """The loss in float32 whatever autocast is on. The second-order step differences two
+    gradients taken R = 0.01/||v|| apart, far below bf16's resolution (8 bits of mantissa):
+    measured on a 5-cell K=4 supernet at lr 0.1 under emulated bf16 autocast, its gradient
+    had cosine 0.89 with the float64 one (fp32: 1.0000). The backward passes must run with
+    autocast off too: :meth:`Architect.unrolled_grads` runs whole under :func:`_no_autocast`."""
+    with _no_autocast(device):
         return F.cross_entropy(model(x).float(), y)
 
 
@@ -434,6 +445,10 @@ class Architect:
         return loss.detach()
 
     def unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
+        with _no_autocast(self.device):  # forward and backward passes, all in fp32
+            return self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
+
+    def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
         cfg, model, dev = self.config, self.model, self.device
         weights, arch = model.weight_parameters(), model.arch_parameters()
         # w' = one virtual SGD step; done in place and undone (no second network). All of
@@ -569,8 +584,9 @@ def _resolve_config(config, resume):
 # record of `make bench` measured it (benchmarks/bench_pc_darts.py: the same step in both
 # layouts, timed in alternation; data/runs/benchmarks-cpu-*.json). A test keeps this table
 # and that record in agreement. Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells,
-# 32 px), NHWC time / NCHW time: 0.60 at K=1, 0.91 at K=2, 1.05 at K=4; at K=8 the NHWC step
-# had not finished 12 steps after 10 minutes (NCHW: about 3 s a step) and was stopped. Partial
+# 32 px), NHWC time / NCHW time: 0.60 at K=1, 0.91 at K=2, 1.05 at K=4; at K=8 the NHWC
+# child had not finished its 12 timed steps after more than 10 minutes (NCHW K=8: 2.8 s a
+# step in the main rows) and was stopped by hand (the record says "exit -15"). Partial
 # channels slice NHWC tensors along their innermost dimension, which the CPU kernels handle
 # badly once the slice is narrow. K=2 stays NCHW although NHWC was 9% faster: with partial
 # channels in NHWC, torch 2.14.1's CPU backward is unsafe - on one thread the process dies
@@ -578,7 +594,7 @@ def _resolve_config(config, resume):
 # searches with one seed differ from the first steps (6th digit of the loss) - and a seed must
 # fix a search. NHWC at K=1 and NCHW at every K repeat a seeded search exactly (tested).
 CPU_CHANNELS_LAST = {1: True, 2: False, 4: False, 8: False}
-CPU_NHWC_UNSAFE_K = frozenset(k for k in range(2, 65))  # partial channels: see above
+CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was seen
 
 
 def uses_channels_last(config: SearchConfig, device) -> bool:
