@@ -82,12 +82,7 @@ def main(argv=None):
                                     cfg.recal_batch_size, amp=cfg.amp, seed=seed)
             row["search"] = []
             for s in a.search_seeds:
-                kw = dict(flops_limit=cfg.flops_limit, params_limit=cfg.params_limit, seed=s,
-                          progress=False)
-                evo = spos.evolution_search(ev, cfg.supernet, cfg.population, cfg.generations,
-                                            cfg.topk, cfg.n_mutation, cfg.n_crossover,
-                                            cfg.mutation_prob, **kw)
-                rnd = spos.random_search(ev, cfg.supernet, spos.generation_sizes(evo), **kw)
+                evo, rnd = spos.search_pair(ev, cfg, s, progress=False)
                 row["search"].append({
                     "search_seed": s, "evolution": evo.best["fitness"],
                     "random": rnd.best["fitness"],

@@ -61,7 +61,7 @@ from .data import holdout, load, resolve_device, split
 from .genotypes import Genotype
 from .network import NetworkCIFAR
 from .ops import OPS, PNAS_OPS
-from .checkpoints import write_json
+from .checkpoints import finite, write_json
 from .training import evaluate, train
 
 MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
@@ -752,10 +752,6 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
     return result
 
 
-def _nan_to_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
 def summary(result: SearchResult) -> dict:
     """A search's headline numbers (``summary.json`` of ``search pnas``): the best B-block
     cell of PNAS and of random search with the same number of models and oracle, and each
@@ -767,7 +763,7 @@ def summary(result: SearchResult) -> dict:
     for part in ("random", "selected"):
         for kind, per_level in result.spearman(part).items():
             rho.setdefault(kind.replace("-", "_"), {"random": {}, "selected": {}})[part] = {
-                str(b): _nan_to_none(r) for b, r in per_level.items()}
+                str(b): finite(r) for b, r in per_level.items()}
     return {"seed": cfg.seed, "oracle": cfg.oracle, "table_seed": result.table_seed,
             "blocks": cfg.blocks, "beam": cfg.beam, "predictor": cfg.predictor,
             "models_trained": len(result.records("pnas")),
