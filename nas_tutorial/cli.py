@@ -76,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="run a search: pc-darts, darts, spos or pnas")
     methods = search.add_subparsers(dest="method", required=True, metavar="METHOD")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--preset", choices=list(PRESETS), default=None)
     common.add_argument("--seed", type=_nonneg_int, default=0)
     common.add_argument("--out", default=None, help="run folder (default runs/METHOD-...)")
     common.add_argument("--resume", default=None, metavar="DIR",
@@ -86,12 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "global --threads, 1: fastest for these small networks)")
     for name in ("pc-darts", "darts"):
         m = methods.add_parser(name, parents=[common], help=f"{name} differentiable search")
+        m.add_argument("--preset", choices=list(PRESETS) + ["long"], default=None,
+                       help="quick (CPU minutes), long (the quick search given tens of "
+                            "minutes), full (the paper's, for a GPU)")
         m.add_argument("--k", type=_positive(), default=None, help="partial-channel 1/K")
         m.add_argument("--no-edge-norm", action="store_true", help="turn edge normalization off")
         m.add_argument("--unrolled", action="store_true", help="second-order architecture step")
         m.add_argument("--epochs", type=_positive(), default=None)
         m.add_argument("--dataset", choices=DATASETS, default=None)
+        m.add_argument("--retrain", action="store_true",
+                       help="after the search, retrain the found cell with the pc-darts "
+                            "table's protocol and place it among the table's random cells")
     spos = methods.add_parser("spos", parents=[common], help="single-path one-shot search")
+    spos.add_argument("--preset", choices=list(PRESETS), default=None)
     spos.add_argument("--flops-limit", type=_positive(float), default=None, metavar="M",
                       help="FLOPs budget in millions of multiply-adds")
     spos.add_argument("--params-limit", type=_positive(float), default=None, metavar="M",
@@ -102,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="supernet paths: inside the FLOPs window around the budget "
                            "(default, as the official code trains) or from the whole space")
     pnas = methods.add_parser("pnas", parents=[common], help="progressive cell search")
+    pnas.add_argument("--preset", choices=list(PRESETS), default=None)
     pnas.add_argument("--blocks", type=_positive(), default=None, help="blocks per cell B")
     pnas.add_argument("--beam", type=_positive(), default=None, help="children kept per level K")
     pnas.add_argument("--predictor", choices=("lstm", "mlp-ensemble"), default=None)
@@ -181,7 +188,7 @@ def _search(args) -> int:
         result = pc_darts.cli_search(method=args.method, k=args.k,
                                      edge_norm=False if args.no_edge_norm else None,
                                      unrolled=args.unrolled, epochs=args.epochs,
-                                     dataset=args.dataset, **common)
+                                     dataset=args.dataset, retrain=args.retrain, **common)
     elif args.method == "spos":
         from . import spos
 
@@ -197,6 +204,8 @@ def _search(args) -> int:
     for label, path in result.get("files", {}).items():
         print(f"{label + ':':<10}{path if path is not None else 'skipped (no dot)'}")
     print(f"run dir:  {result['run_dir']}")
+    if "sentence" in result:
+        print(result["sentence"])
     return 0
 
 

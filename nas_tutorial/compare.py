@@ -23,6 +23,13 @@ What the comparison does (issue 6; each method's own module cites its paper):
 With a run folder (``compare(config, out=folder)``) every search checkpoints into it and the
 table is written row by row (atomic writes), so an interrupted comparison resumes there.
 
+On the quick preset the comparison notebook puts each method against its random baseline
+through the ground-truth tables instead (``nas_tutorial.tables``), over several seeds: a
+found PC-DARTS cell is placed among the table's random cells, and against the best of N of
+them at an equal budget (:func:`best_of_n`, :func:`equal_budget_draws`,
+:func:`plot_placement`); recorded seed studies are summarized like live ones
+(:func:`summarize_seed_study`); :func:`plot_gaps` sets the three methods' gaps side by side.
+
 Left out: retraining with several seeds per architecture (the papers report mean +- std of
 several trainings); the ImageNet-shaped runs; the cost of the random PC-DARTS sample is
 reported as zero search epochs, since drawing it costs nothing.
@@ -434,18 +441,14 @@ def seed_study(config: pc_darts.SearchConfig, seeds=(0, 1, 2), edge_norm=(True, 
     when ``retrain`` is None; seconds), ``pairs`` (:func:`genotype_agreement` of every two
     seeds of one setting) and ``summary`` per setting (mean agreement, accuracy spread).
     """
-    from statistics import mean, pstdev
-
     device = resolve_device(device)
     data = retrain_data(preset, device) if retrain is not None else None
-    runs, pairs, summary = [], [], {}
+    runs = []
     for norm in edge_norm:
-        found = []
         for seed in seeds:
             cfg = replace(config, seed=seed, edge_norm=norm)
             t0 = time.perf_counter()
             res = pc_darts.search(cfg, device=device, progress=progress)
-            found.append(res.genotype)
             run = {"edge_norm": norm, "seed": seed, "genotype": res.genotype,
                    "search_accuracy": res.history.valid_acc[-1],
                    "accuracy": res.history.valid_acc[-1]}
@@ -454,18 +457,107 @@ def seed_study(config: pc_darts.SearchConfig, seeds=(0, 1, 2), edge_norm=(True, 
                                    data[0].shape[0], retrain.seed)
                 run["accuracy"] = _train_and_test(net, retrain, *data, device, progress)
             runs.append({**run, "seconds": time.perf_counter() - t0})
-        for (i, a), (j, b) in itertools.combinations(enumerate(found), 2):
-            pairs.append({"edge_norm": norm, "seeds": (seeds[i], seeds[j]),
-                          **genotype_agreement(a, b)})
-        mine = [p for p in pairs if p["edge_norm"] == norm]
-        accs = [r["accuracy"] for r in runs if r["edge_norm"] == norm]
+    return summarize_seed_study(runs)
+
+
+def summarize_seed_study(runs) -> dict:
+    """``pairs`` (:func:`genotype_agreement` of every two seeds of one edge-norm setting)
+    and ``summary`` per setting (mean agreement of edges and ops, distinct genotypes, mean,
+    SD and range of ``accuracy``) for runs with ``edge_norm``, ``seed``, ``genotype`` (a
+    Genotype or its dict) and ``accuracy``: live (:func:`seed_study`) or recorded."""
+    from statistics import mean, pstdev
+
+    runs = [{**r, "genotype": r["genotype"] if isinstance(r["genotype"], Genotype)
+             else Genotype.from_dict(r["genotype"])} for r in runs]
+    pairs, summary = [], {}
+    for norm in dict.fromkeys(r["edge_norm"] for r in runs):
+        mine = [r for r in runs if r["edge_norm"] == norm]
+        these = [{"edge_norm": norm, "seeds": (a["seed"], b["seed"]),
+                  **genotype_agreement(a["genotype"], b["genotype"])}
+                 for a, b in itertools.combinations(mine, 2)]
+        pairs += these
+        accs = [r["accuracy"] for r in mine]
         summary[norm] = {
-            "edge_agreement": mean(p["edge_fraction"] for p in mine) if mine else 1.0,
-            "op_agreement": mean(p["op_fraction"] for p in mine) if mine else 1.0,
-            "distinct_genotypes": len(set(found)),
+            "edge_agreement": mean(p["edge_fraction"] for p in these) if these else 1.0,
+            "op_agreement": mean(p["op_fraction"] for p in these) if these else 1.0,
+            "distinct_genotypes": len({r["genotype"] for r in mine}),
             "accuracy_mean": mean(accs), "accuracy_std": pstdev(accs),
             "accuracy_range": max(accs) - min(accs)}
     return {"runs": runs, "pairs": pairs, "summary": summary}
+
+
+# -- a found cell against the table's random cells ----------------------------------------
+def best_of_n(values, n: int, quantiles=(0.05, 0.5, 0.95)) -> dict:
+    """The best of ``n`` independent draws from ``values``: its mean and quantiles, exactly.
+    Sorted v_1..v_m, the best of n draws (with replacement) is <= v_i with probability
+    (i/m)^n. Read off measured trainings this is an optimistic baseline (the best of n
+    noisy trainings is picked *and* reported: its own luck counts); :func:`random_search`
+    is the honest one."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    order, pmf = _best_of_n_weights(values, n)
+    return _summary_of(values[order], pmf, n, quantiles)
+
+
+def _best_of_n_weights(select, n):
+    import numpy as np
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if len(select) == 0:
+        raise ValueError("no values to draw from")
+    order = np.argsort(select, kind="stable")
+    cdf = (np.arange(1, len(order) + 1) / len(order)) ** n
+    return order, np.diff(np.concatenate([[0.0], cdf]))  # P(the i-th smallest wins)
+
+
+def _summary_of(vals, pmf, n, quantiles):
+    """Mean and quantiles of a discrete distribution: ``vals`` with probabilities ``pmf``."""
+    import numpy as np
+
+    idx = np.argsort(vals, kind="stable")
+    v, w = vals[idx], pmf[idx]
+    cdf = np.cumsum(w)
+    out = {"n": int(n), "mean": float((w * v).sum())}
+    for q in quantiles:
+        if not 0 < q < 1:
+            raise ValueError(f"quantiles must be in (0, 1), got {q}")
+        out[f"q{100 * q:g}".replace(".", "_")] = float(v[min(np.searchsorted(cdf, q - 1e-12),
+                                                               len(v) - 1)])
+    return out
+
+
+def random_search(table, n: int, group: str = "random", quantiles=(0.05, 0.5, 0.95)) -> dict:
+    """Random search with ``n`` cells, scored as a searched cell is: draw ``n`` rows of the
+    ``group`` (with replacement), keep the one whose training with one seed is best, and
+    report its training with the *other* seed (DARTS Sec. 3.3: random cells are selected
+    on one training, then retrained). Exact over the draws, averaged over which seed
+    selects; needs a table of at least two seeds. Mean and quantiles of the reported
+    accuracy, the baseline a found cell (one training, unselected) is set against."""
+    import numpy as np
+
+    rows = [r for r in table.complete() if r["group"] == group]
+    acc = np.array([r["accuracy"] for r in rows], dtype=float)  # (rows, seeds)
+    if acc.ndim != 2 or acc.shape[1] < 2:
+        raise ValueError("random_search needs a table with at least two seeds per row")
+    vals, weights = [], []
+    seeds = acc.shape[1]
+    for sel in range(seeds):  # select on seed `sel`, report the next seed
+        order, pmf = _best_of_n_weights(acc[:, sel], n)
+        vals.append(acc[order, (sel + 1) % seeds])
+        weights.append(pmf / seeds)
+    return _summary_of(np.concatenate(vals), np.concatenate(weights), n, quantiles)
+
+
+def equal_budget_draws(search_s: float, retrain_s: float) -> int:
+    """How many random cells the compute of a search and its retraining would train: the
+    whole retrainings the search's seconds buy, plus the one the found cell gets."""
+    import math
+
+    if not retrain_s > 0 or not search_s >= 0:
+        raise ValueError(f"need search_s >= 0 and retrain_s > 0, got {search_s}, {retrain_s}")
+    return 1 + math.floor(search_s / retrain_s)
 
 
 # -- recorded runs -------------------------------------------------------------------------
@@ -549,7 +641,88 @@ def plot_seed_study(study):
     return fig
 
 
+def plot_gaps(methods: dict, title="each search minus its random baseline at equal budget"):
+    """One column per method: the gap (search minus its equal-budget random baseline) of
+    every search seed as a dot, their mean as a bar, and a gray band of +-1 seed SD of one
+    training where the method's table gives it (a gap inside the band is noise).
+    ``methods``: ``{name: {"gaps": [...], "seeds": [...], "noise": sd or None, "what": hover
+    text}}`` (``seeds`` labels the dots; default 0, 1, ...)."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    names = list(methods)
+    for i, name in enumerate(names):
+        m = methods[name]
+        color = _COLORS.get(name, "gray")
+        if m.get("noise"):
+            fig.add_shape(type="rect", x0=i - 0.4, x1=i + 0.4, y0=-m["noise"], y1=m["noise"],
+                          fillcolor="#999999", opacity=0.2, line_width=0)
+        fig.add_trace(go.Bar(x=[name], y=[float(np.mean(m["gaps"]))], name=name,
+                             marker_color=color, opacity=0.45, showlegend=False,
+                             hovertemplate=f"{name}: mean gap %{{y:+.4f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=[name] * len(m["gaps"]), y=m["gaps"], mode="markers", showlegend=False,
+            marker=dict(size=10, color=color, line=dict(width=1, color="white")),
+            text=[f"seed {k}" for k in m.get("seeds", range(len(m["gaps"])))],
+            hovertemplate="%{text}: %{y:+.4f}<br>" + m.get("what", "") + "<extra></extra>"))
+    fig.add_hline(y=0, line_color="#444444")
+    fig.update_layout(title=title, height=380, yaxis_title="accuracy gap (search - random)",
+                      margin=dict(l=60, r=20, t=60, b=40))
+    return fig
+
+
+def plot_placement(table, groups: dict, best_of: int | None = None,
+                   title="found cells among the table's random cells"):
+    """Where found cells land among the table's random cells, on one accuracy axis: every
+    single training of a random cell (gray strip, its median dashed), random search with
+    ``best_of`` cells at an equal budget (:func:`random_search`: 5-95% band, mean line),
+    and one marker per search seed for each entry of ``groups`` (``{label: [{"seed",
+    "retrain_accuracy", "reference_percentile"}, ...]}``), with the group's mean."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    ref = table.trainings()
+    fig = go.Figure()
+    rows = list(groups) + ["random cells"]
+    fig.add_trace(go.Scatter(
+        x=ref, y=["random cells"] * len(ref), mode="markers", name="random cell (one training)",
+        marker=dict(color="#888888", size=9, opacity=0.5, symbol="line-ns-open",
+                    line=dict(width=2)),
+        hovertemplate="random cell: %{x:.4f}<extra></extra>"))
+    median = float(np.median(ref))
+    fig.add_vline(x=median, line_dash="dash", line_color="#666666",
+                  annotation_text=f"random median {median:.3f}", annotation_position="top")
+    if best_of:
+        b = random_search(table, best_of)
+        fig.add_vrect(x0=b["q5"], x1=b["q95"], fillcolor="#ff7f0e", opacity=0.12, line_width=0)
+        fig.add_vline(x=b["mean"], line_color="#ff7f0e",
+                      annotation_text=f"random search, best of {best_of} (equal budget): "
+                                      f"{b['mean']:.3f}", annotation_position="bottom")
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for i, (label, runs) in enumerate(groups.items()):
+        acc = [r["retrain_accuracy"] for r in runs]
+        fig.add_trace(go.Scatter(
+            x=acc, y=[label] * len(acc), mode="markers", name=label,
+            marker=dict(size=12, color=palette[i % len(palette)]),
+            text=[f"seed {r['seed']}: {r['reference_percentile']:.0f}th percentile"
+                  for r in runs],
+            hovertemplate="%{text}<br>accuracy %{x:.4f}<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=[float(np.mean(acc))], y=[label], mode="markers", showlegend=False,
+            marker=dict(size=18, color=palette[i % len(palette)], symbol="line-ns",
+                        line=dict(width=3, color=palette[i % len(palette)])),
+            hovertemplate=f"{label}: mean %{{x:.4f}}<extra></extra>"))
+    fig.update_layout(title=title, height=160 + 45 * len(rows), xaxis_title="test accuracy "
+                      "after retraining (the table's protocol)",
+                      yaxis=dict(categoryorder="array", categoryarray=rows[::-1]),
+                      margin=dict(l=150, r=20, t=60, b=45), legend=dict(font=dict(size=10)))
+    return fig
+
+
 __all__ = ["COLUMNS", "CompareConfig", "get_config", "random_genotype", "genotype_agreement",
            "describe", "PeakMemory", "Candidate", "run_pc_darts", "run_spos", "run_pnas",
-           "build", "cell_network", "retrain", "retrain_data", "compare", "format_table", "seed_study",
-           "recorded_rows", "record", "plot_table", "plot_seed_study"]
+           "build", "cell_network", "retrain", "retrain_data", "compare", "format_table",
+           "seed_study", "summarize_seed_study", "best_of_n", "random_search",
+           "equal_budget_draws", "recorded_rows", "record", "plot_table", "plot_seed_study",
+           "plot_placement", "plot_gaps"]

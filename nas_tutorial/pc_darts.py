@@ -294,6 +294,16 @@ def derive_genotype(alpha_normal, alpha_reduce, beta_normal=None, beta_reduce=No
                     parse(alpha_reduce, beta_reduce), concat)
 
 
+# Ops without weights: pooling and the identity skip (DARTS Sec. 3.1.1 / PC-DARTS Sec. 4.4
+# name a normal cell crowded with them, skips above all, as the collapse of a search).
+PARAM_FREE = frozenset({"max_pool_3x3", "avg_pool_3x3", "skip_connect", "none"})
+
+
+def param_free_count(genotype: Genotype, cell: str = "normal") -> int:
+    """Parameter-free ops among the ``cell``'s pairs (2 per node)."""
+    return sum(op in PARAM_FREE for op, _ in getattr(genotype, cell))
+
+
 # -- configuration -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class SearchConfig:
@@ -348,33 +358,56 @@ class SearchConfig:
 
 
 PRESETS = {
-    # About a minute on 2 CPU cores: 16 px Fashion-MNIST, C=8, 4 cells of 3 nodes, 6 epochs of 6
-    # batches. The arch lr is 10x the paper's: the run has 24 arch steps instead of ~3,400.
-    # 4,000 images (two halves of 2,000: 6 steps of 64 per epoch read ~a fifth of a half,
-    # and every epoch evaluates the architecture half).
+    # About two minutes on one CPU core: 16 px Fashion-MNIST, C=8, 4 cells of 3 nodes; 4 epochs
+    # of 31 batches of 64 (4,000 images: two halves of 2,000, each epoch reads its half once),
+    # the first 2 weight-only. Chosen by measurement (benchmarks/pc_darts_quick_sweep.py,
+    # data/runs/pc-darts-quick-sweep.json): of five protocols on tuning seeds 100 and 101,
+    # retrained with the pc-darts table's protocol, this one placed the found cells highest
+    # among the table's random cells (on those seeds; on seeds 0-4 it placed 1 of 5 above the
+    # random median: data/runs/pc-darts-quick-study.json). The paper warms up 15 of 50
+    # epochs; half the run here, because 62 weight steps are all the supernet gets before
+    # alpha moves. The arch lr is 10x the paper's: 62 arch steps instead of ~3,400.
     "quick": SearchConfig(dataset="fashion_mnist", image_size=16, train_images=4000,
                           C=8, layers=4, steps=3,
-                          multiplier=3, k=4, epochs=6, batch_size=64, lr=0.1, lr_min=0.0,
-                          arch_lr=6e-3, warmup_epochs=2, steps_per_epoch=6,
+                          multiplier=3, k=4, epochs=4, batch_size=64, lr=0.1, lr_min=0.0,
+                          arch_lr=6e-3, warmup_epochs=2, steps_per_epoch=None,
                           # thousands of tiny ops per step: on a busy 2-core machine two
                           # threads measured 5-30x slower than one (OpenMP barriers)
                           cpu_threads=1),
     # PC-DARTS on CIFAR-10 (Sec. 4.2): batch 256, lr 0.1, arch lr 6e-4, 15 warm-up epochs.
     "full": SearchConfig(),
 }
+# The quick search given tens of minutes on one core, for a recorded run (data/runs/): the
+# paper's C=16 (4 channels through each op at K=4 instead of 2), 8,000 images (62 steps an
+# epoch), 10 epochs with the same half of warm-up. Retrained and placed with the quick table.
+PRESETS["long"] = replace(PRESETS["quick"], C=16, train_images=8000, epochs=10,
+                          warmup_epochs=5)
 PRESETS["quick-darts"] = replace(PRESETS["quick"], method="darts", k=1, edge_norm=False,
                                  arch_lr=3e-3, warmup_epochs=0)
+PRESETS["long-darts"] = replace(PRESETS["long"], method="darts", k=1, edge_norm=False,
+                                arch_lr=3e-3, warmup_epochs=0)
 # DARTS (Sec. 3.1.1): batch 64, lr 0.025 cosine to 0.001, arch lr 3e-4, no warm-up.
 PRESETS["full-darts"] = SearchConfig(method="darts", k=1, edge_norm=False, batch_size=64,
                                      lr=0.025, lr_min=0.001, arch_lr=3e-4, warmup_epochs=0)
 
 
+# Search-only presets on a base preset's data and retraining (its table): ``long`` is the
+# quick setting given tens of CPU minutes, recorded under data/runs/ for the notebooks.
+LONGER = {"long": "quick"}
+
+
+def data_preset(preset: str | None = None) -> str:
+    """The preset whose data, retraining protocol and table a search ``preset`` uses."""
+    return LONGER.get(preset, None) or preset_name(preset)
+
+
 def get_config(method: str = "pc-darts", preset: str | None = None, **overrides) -> SearchConfig:
-    """The ``method``'s config for ``preset`` (``quick``/``full``; default from
-    ``nt.get_preset()``: full on CUDA, quick on CPU), with field overrides."""
+    """The ``method``'s config for ``preset`` (``quick``/``full``, or ``long``: the quick
+    search given tens of minutes; default from ``nt.get_preset()``: full on CUDA, quick on
+    CPU), with field overrides."""
     if method not in ("pc-darts", "darts"):
         raise ValueError(f"unknown method '{method}'; choose pc-darts or darts")
-    name = preset_name(preset)
+    name = preset if preset in LONGER else preset_name(preset)
     base = PRESETS[name if method == "pc-darts" else f"{name}-darts"]
     unknown = set(overrides) - {f.name for f in fields(SearchConfig)}
     if unknown:
@@ -726,16 +759,82 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
 
 
 # -- command line ------------------------------------------------------------------------
+def table_preset(config: SearchConfig, preset: str | None = None) -> str:
+    """The preset whose ``pc-darts`` table a search's cell is placed in: the data preset of
+    ``preset`` when given; for a resumed run (no preset on the command line) the preset
+    whose search data and cell shape the saved config has."""
+    if preset is not None:
+        return data_preset(preset)
+    for name, base in PRESETS.items():
+        if name in ("quick", "full") and (base.dataset, base.image_size, base.steps,
+                                          base.multiplier) == (config.dataset, config.image_size,
+                                                               config.steps, config.multiplier):
+            return name
+    return preset_name(None)
+
+
+def check_retrain(config: SearchConfig, preset: str | None, device="cpu"):
+    """The table a ``--retrain`` will place the found cell in, checked before the search
+    starts: a missing table, a table made with another protocol than the code's, or a
+    search on other data or another cell shape fails in one line, not after minutes."""
+    from . import tables
+
+    name = table_preset(config, preset)
+    table = tables.load("pc-darts", name)  # FileNotFoundError names the command to make it
+    protocol = table.header.get("protocol", {})
+    if config.dataset != protocol.get("dataset") or config.steps != protocol.get("search_steps") \
+            or config.multiplier != protocol.get("search_multiplier"):
+        raise tables.TableError(
+            f"--retrain places the cell in the {name} pc-darts table, made for "
+            f"{protocol.get('dataset')} cells of {protocol.get('search_steps')} nodes; this "
+            f"search has {config.dataset} cells of {config.steps} nodes, so its cell cannot be "
+            f"placed there (search without --retrain, or on the table's data)")
+    tables.check_protocol(table, tables.spec("pc-darts", name, device))
+    return table, name
+
+
+def retrain_sentence(summary: dict) -> str:
+    """The one line a learner reads at the end of ``search ... --retrain``."""
+    return (f"found cell: {summary['retrain_accuracy']:.3f} test accuracy after retraining, "
+            f"better than {summary['reference_percentile']:.0f}% of random cells' trainings "
+            f"(their median {summary['random_median']:.3f})")
+
+
+def summarize_run(result: SearchResult, seconds: float | None = None) -> dict:
+    """What ``summary.json`` holds for a search: seed, k, edge_norm, the genotype, its
+    parameter-free ops (normal and reduction cell), the skip_connects of the normal cell at
+    every epoch (the collapse monitor), the architecture half's accuracy, the whole config,
+    the search's seconds (over every session of a resumed run), torch and date."""
+    cfg, h, g = result.config, result.history, result.genotype
+    return {"method": cfg.method, "seed": cfg.seed, "k": cfg.k, "edge_norm": cfg.edge_norm,
+            "unrolled": cfg.unrolled, "genotype": g.to_dict(),
+            "param_free_normal": param_free_count(g, "normal"),
+            "param_free_reduce": param_free_count(g, "reduce"),
+            "normal_pairs": len(g.normal),
+            "skips_per_epoch": [sum(op == "skip_connect" for op, _ in x.normal)
+                                for x in h.genotypes()],
+            "param_free_per_epoch": [param_free_count(x) for x in h.genotypes()],
+            "search_valid_acc": h.valid_acc[-1] if h.valid_acc else None,
+            "config": asdict(cfg),
+            "search_s": seconds if seconds is not None else float(sum(h.seconds)),
+            "torch": torch.__version__, "created": time.strftime("%Y-%m-%d")}
+
+
 def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=False,
-               epochs=None, dataset=None, seed=0, out=None, resume=None) -> dict:
+               epochs=None, dataset=None, seed=0, out=None, resume=None, retrain=False,
+               device="auto") -> dict:
     """``nas-tutorial search pc-darts|darts``: run, then write the genotype, the history,
-    the cell drawings (SVG) and the alpha/beta figures (HTML) into the run folder."""
+    ``summary.json``, the cell drawings (SVG) and the alpha/beta figures (HTML) into the
+    run folder. ``retrain=True`` then trains the found cell from scratch with the
+    ``pc-darts`` table's protocol and places it among the table's random cells
+    (``retrain_accuracy``, ``reference_percentile`` in ``summary.json``)."""
     from . import viz
+    from .runs import device_label
 
     if resume is not None:
         config = None
         run_dir = Path(out or resume)
-        load_checkpoint(resume)  # fail early, with one line, when there is nothing to resume
+        config_check = load_checkpoint(resume)["config"]  # fails early, in one line
     else:
         overrides = {"seed": seed}
         if k is not None:
@@ -751,19 +850,47 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
         if dataset is not None:
             overrides["dataset"] = dataset
             small = dataset == "digits" or (dataset == "fashion_mnist"
-                                            and preset_name(preset) == "quick")
+                                            and data_preset(preset) == "quick")
             overrides["image_size"] = 16 if small else None
-        config = get_config(method, preset, **overrides)
-        run_dir = Path(out or f"runs/{method}-{preset_name(preset)}-seed{seed}")
-    result = search(config, out=run_dir, resume=resume)
+        config = config_check = get_config(method, preset, **overrides)
+        label = preset if preset in LONGER else preset_name(preset)
+        run_dir = Path(out or f"runs/{method}-{label}-seed{seed}")
+    device = resolve_device(device)
+    if retrain:
+        # The table was trained on a CPU: the found cell is retrained there too, so that it
+        # is placed among trainings with the same numerics (no bf16 autocast).
+        table, table_name = check_retrain(config_check, preset)
+        retrain_device = torch.device("cpu") if "CPU" in table.header.get("device", "CPU") \
+            else device
+    result = search(config, out=run_dir, resume=resume, device=device)
     h, g = result.history, result.genotype
-    files = {"genotype": run_dir / "genotype.json", "history": run_dir / "history.json"}
+    label = preset if preset in LONGER else (preset_name(preset) if resume is None else None)
+    summary = {**summarize_run(result), "preset": label, "device": device_label(device)}
+    # The search's files first: an interrupted or refused retraining loses none of them.
+    files = {"genotype": run_dir / "genotype.json", "history": run_dir / "history.json",
+             "summary": run_dir / "summary.json"}
+    write_json(run_dir / "summary.json", summary, strict=True)
     files["normal"] = viz.save_svg(viz.draw_cell(g, "normal"), run_dir / "normal.svg")
     files["reduce"] = viz.save_svg(viz.draw_cell(g, "reduce"), run_dir / "reduce.svg")
     figures = {"alpha": (viz.plot_alpha_evolution(h, "normal"), "alpha_normal.html"),
                "alpha_r": (viz.plot_alpha_evolution(h, "reduce"), "alpha_reduce.html"),
                "heatmap": (viz.plot_alpha_heatmap(h), "alpha_heatmap.html"),
                "skips": (viz.plot_skip_monitor(h), "skip_monitor.html")}
-    for label, (fig, name) in figures.items():
-        files[label] = viz.save_html(fig, run_dir / name)
-    return {"run_dir": run_dir, "result": str(g), "files": files}
+    for name_, (fig, name) in figures.items():
+        files[name_] = viz.save_html(fig, run_dir / name)
+    if retrain:
+        from . import tables
+
+        print(f"retraining the found cell with the {table_name} table's protocol "
+              f"({retrain_device.type}) ...")
+        placed = tables.retrain("pc-darts", g.to_dict(), result.config.seed, table_name,
+                                retrain_device, table=table, progress=True)
+        summary.update({"retrain_accuracy": placed["accuracy"],
+                        "reference_percentile": placed["percentile"],
+                        "random_median": placed["random_median"],
+                        "retrain_s": placed["seconds"], "retrain_device": retrain_device.type})
+        write_json(run_dir / "summary.json", summary, strict=True)
+    out = {"run_dir": run_dir, "result": str(g), "files": files, "summary": summary}
+    if retrain:
+        out["sentence"] = retrain_sentence(summary)
+    return out

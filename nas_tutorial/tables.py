@@ -27,7 +27,8 @@ table's own noise and signal (:func:`summarize`). Seed ``s`` of a row is the met
 training with run seed ``s``, so a search with seed ``s`` (``s`` below the table's number
 of seeds; larger seeds wrap around) that looks a row up sees the noise a live training
 with that seed would give. Making a table checkpoints after every
-row and resumes. Nothing here is imported by the algorithms.
+row and resumes. The algorithms do not import this module; only ``search pc-darts
+--retrain`` reads it, after a search, to place the found cell (:func:`retrain`).
 """
 from __future__ import annotations
 
@@ -184,13 +185,13 @@ def _pc_darts_spec(preset: str, device) -> Spec:
         model = net(arch, 0)
         return count_params(model), count_flops(model, splits()[0].shape)
 
-    def run(arch, seed):
+    def run(arch, seed, progress=False):
         from .training import evaluate, train
 
         train_ds, test_ds = splits()
         model = net(arch, seed)
         cfg = replace(p.train, seed=seed)
-        train(model, train_ds, cfg, device=device, progress=False)
+        train(model, train_ds, cfg, device=device, progress=progress)
         return evaluate(model, test_ds, device, amp=cfg.amp)[1]
 
     protocol = {"dataset": p.dataset, "image_size": p.image_size,
@@ -242,6 +243,22 @@ class Table:
         reads the table's seed ``s mod n_seeds``), or the mean over seeds when None."""
         acc = self.row(key)["accuracy"]
         return float(np.mean(acc)) if seed is None else float(acc[seed % len(acc)])
+
+    def trainings(self, group: str = "random") -> np.ndarray:
+        """Every single training of the ``group``'s complete rows (all seeds of all rows):
+        the distribution one more training of a new architecture is placed in."""
+        rows = [r for r in self.complete() if r["group"] == group]
+        if not rows:
+            raise TableError(f"the {self.method} table has no complete '{group}' rows")
+        return np.array([a for r in rows for a in r["accuracy"]], dtype=float)
+
+    def percentile(self, accuracy: float, group: str = "random") -> float:
+        """Where one training's ``accuracy`` falls among the ``group``'s trainings: the
+        percentage of them below it, ties counted half (50 = the group's median). One
+        training is set against single trainings, so both sides carry the seed noise."""
+        ref = self.trainings(group)
+        below = (ref < accuracy).sum() + 0.5 * (ref == accuracy).sum()
+        return float(100.0 * below / len(ref))
 
     def __contains__(self, key) -> bool:
         return key in self._index
@@ -322,6 +339,39 @@ def load(method: str, preset: str = "quick", path=None) -> Table:
         raise TableError(f"{path} is not a {method} table")
     header = {k: v for k, v in d.items() if k not in ("method", "rows", "stats")}
     return Table(method, header, d["rows"])
+
+
+def check_protocol(table: Table, s: Spec) -> None:
+    """Refuse, in one line, a table whose recorded protocol is not the one ``s`` trains
+    with (a changed preset would otherwise be set against a stale table)."""
+    if json.loads(json.dumps(s.protocol)) != table.header.get("protocol"):
+        raise TableError(f"the {table.method} table was made with another protocol than "
+                         f"this code's; remake it with `nas-tutorial table {table.method}`")
+
+
+def retrain(method: str, arch, seed: int = 0, preset: str = "quick", device="cpu",
+            table: Table | None = None, progress: bool = False, group: str = "random") -> dict:
+    """Train ``arch`` (a table encoding, e.g. ``Genotype.to_dict()``) from scratch with the
+    table's own protocol and run seed ``seed``, and place it among the ``group``'s rows.
+
+    Returns ``accuracy`` (rounded as the table stores it), ``percentile``
+    (:meth:`Table.percentile`), ``random_median`` (of the group's trainings) and
+    ``seconds``. A stale table (:func:`check_protocol`) or a missing group is refused before
+    any training.
+    """
+    from .data import resolve_device
+
+    device = resolve_device(device)
+    table = table if table is not None else load(method, preset)
+    s = spec(method, preset, device)
+    check_protocol(table, s)
+    reference = table.trainings(group)  # refuses a missing group now, not after training
+    t0 = time.perf_counter()
+    accuracy = round(float(s.train(arch, seed, progress=progress) if progress
+                           else s.train(arch, seed)), 6)
+    return {"accuracy": accuracy, "percentile": table.percentile(accuracy, group),
+            "random_median": float(np.median(reference)),
+            "seconds": time.perf_counter() - t0}
 
 
 def _device_label(device: torch.device) -> str:
@@ -424,4 +474,4 @@ def cli_table(method, preset="quick", seeds=2, out=None, resume=False, threads=N
 
 
 __all__ = ["METHODS", "Spec", "Table", "TableError", "spec", "summarize", "load", "make",
-           "default_path", "cli_table"]
+           "retrain", "check_protocol", "default_path", "cli_table"]

@@ -346,6 +346,35 @@ def plot_skip_monitor(history, cell: str = "normal"):
     return fig
 
 
+def plot_collapse(groups: dict, title="collapse and its cure, over seeds"):
+    """Two panels over the search epochs, one band (mean, min-max over seeds) per entry of
+    ``groups`` (``{label: [run, ...]}``, each run with ``param_free_per_epoch`` and
+    ``skips_per_epoch`` as ``summary.json`` and the recorded studies hold them): the
+    parameter-free ops (pools, skips) of the derived normal cell, and its skip_connects."""
+    from plotly.subplots import make_subplots
+
+    if not groups or any(not runs for runs in groups.values()):
+        raise ValueError("plot_collapse needs at least one run in every group")
+    fig = make_subplots(1, 2, subplot_titles=("parameter-free ops in the normal cell",
+                                              "skip_connect in the normal cell"))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    top = 0
+    for i, (label, runs) in enumerate(groups.items()):
+        for col, key in ((1, "param_free_per_epoch"), (2, "skips_per_epoch")):
+            curves = [r[key] for r in runs]
+            n = min(len(c) for c in curves)
+            top = max(top, *(max(c[:n]) for c in curves))
+            add_band(fig, range(1, n + 1), [c[:n] for c in curves],
+                     f"{label} ({len(runs)} seeds)", palette[i % len(palette)], row=1, col=col)
+    for col in (1, 2):  # one legend entry per group
+        for t in fig.select_traces(col=col):
+            t.showlegend = col == 1 and t.showlegend is not False
+    fig.update_xaxes(title_text="search epoch", dtick=1)
+    fig.update_yaxes(range=[-0.2, top + 0.5])
+    fig.update_layout(title=title, height=340, margin=dict(l=40, r=20, t=70, b=40))
+    return fig
+
+
 def add_band(fig, x, curves, name, color, row=None, col=None):
     """Add the mean of ``curves`` (one list per seed, NaN allowed) as a step line and their
     min-max as a shaded band: how the method does, and how far seeds spread around it."""

@@ -31,7 +31,7 @@ def _digits_quick(request, monkeypatch):
 
     monkeypatch.setitem(config.PRESETS, "quick", replace(
         config.PRESETS["quick"], dataset="digits", train_images=None))
-    for name in ("quick", "quick-darts"):
+    for name in ("quick", "quick-darts", "long", "long-darts"):
         monkeypatch.setitem(pc_darts.PRESETS, name, replace(pc_darts.PRESETS[name],
                                                             dataset="digits"))
     monkeypatch.setitem(spos.PRESETS, "quick", replace(

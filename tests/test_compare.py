@@ -182,3 +182,83 @@ def test_recorded_rows_carry_device_and_date(tmp_path):
     cmp.record([row], root=tmp_path, device="cpu")
     rec = cmp.recorded_rows(root=tmp_path)
     assert len(rec) == 1 and rec[0]["device"].startswith("CPU") and len(rec[0]["recorded"]) == 10
+
+
+# -- found cells against the table ------------------------------------------------------------
+def test_best_of_n_matches_simulation_and_grows_with_n():
+    import numpy as np
+
+    values = [0.1, 0.2, 0.3, 0.4, 0.5]
+    exact = cmp.best_of_n(values, 3)
+    rng = np.random.default_rng(0)
+    sim = rng.choice(values, size=(200_000, 3)).max(1)
+    assert exact["mean"] == pytest.approx(sim.mean(), abs=2e-3)
+    for key, q in (("q5", 0.05), ("q50", 0.5), ("q95", 0.95)):
+        assert exact[key] == float(np.quantile(sim, q, method="inverted_cdf")), key
+    assert cmp.best_of_n(values, 1)["mean"] == pytest.approx(0.3)
+    means = [cmp.best_of_n(values, n)["mean"] for n in (1, 2, 5, 24)]
+    assert means == sorted(means) and means[-1] < 0.5 + 1e-12
+    with pytest.raises(ValueError, match="at least 1"):
+        cmp.best_of_n(values, 0)
+    assert cmp.equal_budget_draws(100, 100) == 2 and cmp.equal_budget_draws(0, 50) == 1
+    assert cmp.equal_budget_draws(149, 100) == 2  # whole trainings only
+    with pytest.raises(ValueError):
+        cmp.equal_budget_draws(10, 0)
+
+
+def test_random_search_selects_on_one_training_and_scores_another():
+    """Random search is scored as a found cell is: the pick's *other* training. Checked
+    against a simulation, and below the optimistic best-of-n of the same trainings."""
+    import numpy as np
+
+    from nas_tutorial import tables
+
+    acc = [(0.70, 0.80), (0.78, 0.72), (0.75, 0.76), (0.60, 0.65)]
+    rows = [{"key": f"r{i}", "group": "random", "arch": {}, "accuracy": list(a)}
+            for i, a in enumerate(acc)]
+    table = tables.Table("pc-darts", {"seeds": [0, 1]}, rows)
+    exact = cmp.random_search(table, 3)
+    rng = np.random.default_rng(0)
+    a = np.array(acc)
+    picks = rng.integers(0, 4, size=(200_000, 3))
+    sel = rng.integers(0, 2, size=200_000)
+    chosen = picks[np.arange(len(picks)), a[picks, sel[:, None]].argmax(1)]
+    sim = a[chosen, 1 - sel]
+    assert exact["mean"] == pytest.approx(sim.mean(), abs=2e-3)
+    assert exact["mean"] < cmp.best_of_n(table.trainings(), 3)["mean"]
+    assert cmp.random_search(table, 1)["mean"] == pytest.approx(a.mean())
+    one_seed = tables.Table("pc-darts", {"seeds": [0]}, [{**r, "accuracy": r["accuracy"][:1]}
+                                                          for r in rows])
+    with pytest.raises(ValueError, match="two seeds"):
+        cmp.random_search(one_seed, 3)
+
+
+def test_seed_study_summary_of_recorded_runs():
+    """Recorded runs (genotypes as dicts) summarize as live ones: identical genotypes
+    agree fully, and the accuracy spread is that of the runs."""
+    g = nt.GENOTYPES["PC_DARTS"]
+    other = nt.GENOTYPES["DARTS_V2"]
+    runs = [{"edge_norm": True, "seed": s, "genotype": g.to_dict(), "accuracy": a}
+            for s, a in ((0, 0.70), (1, 0.72))]
+    runs += [{"edge_norm": False, "seed": 0, "genotype": g, "accuracy": 0.6},
+             {"edge_norm": False, "seed": 1, "genotype": other, "accuracy": 0.8}]
+    study = cmp.summarize_seed_study(runs)
+    on, off = study["summary"][True], study["summary"][False]
+    assert on["edge_agreement"] == on["op_agreement"] == 1.0 and on["distinct_genotypes"] == 1
+    assert on["accuracy_range"] == pytest.approx(0.02)
+    assert off["distinct_genotypes"] == 2 and off["op_agreement"] < 1.0
+    assert off["op_agreement"] == cmp.genotype_agreement(g, other)["op_fraction"]
+    assert len(cmp.plot_seed_study(study).data) > 0
+
+
+def test_placement_figure_draws_every_seed():
+    from nas_tutorial import tables
+
+    rows = [{"key": f"r{i}", "group": "random", "arch": {}, "accuracy": [a, a + 0.01]}
+            for i, a in enumerate((0.5, 0.6, 0.7))]
+    table = tables.Table("pc-darts", {"seeds": [0, 1]}, rows)
+    runs = [{"seed": s, "retrain_accuracy": a, "reference_percentile": table.percentile(a)}
+            for s, a in ((0, 0.55), (1, 0.65))]
+    fig = cmp.plot_placement(table, {"warm-up": runs}, best_of=2)
+    xs = [list(t.x) for t in fig.data]
+    assert [0.55, 0.65] in xs and sorted(table.trainings()) == sorted(xs[0])

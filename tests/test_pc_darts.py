@@ -351,3 +351,139 @@ def test_cpu_layout_table_follows_the_newest_benchmark_record(monkeypatch):
         cfg = pc.get_config("pc-darts", "quick", k=k, edge_norm=k > 1)
         assert pc.uses_channels_last(cfg, "cpu") == pc.CPU_CHANNELS_LAST.get(k, False)
     assert pc.uses_channels_last(pc.get_config("darts", "quick", channels_last=False), "cpu") is False
+
+
+def test_param_free_count_names_pools_and_skips():
+    g = nt.GENOTYPES["DARTS_V2"]
+    assert pc.param_free_count(g, "normal") == 2   # two skip_connects
+    assert pc.param_free_count(g, "reduce") == 8   # max pools and skips only
+    assert pc.param_free_count(nt.GENOTYPES["PC_DARTS"]) == 2
+
+
+def test_cli_retrain_places_the_found_cell_and_writes_the_summary(tmp_path, capsys, monkeypatch):
+    """--retrain trains the found cell with the table's protocol (here a fake, cheap one on a
+    table made for this search's data) and ends with the learner's sentence."""
+    trained = []
+    _fake_table(monkeypatch, pc.get_config("pc-darts", "quick").dataset, trained)
+    out = tmp_path / "run"
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--epochs", "1", "--seed", "2",
+                     "--retrain", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    found = pc.Genotype.load(out / "genotype.json")
+    assert trained == [(found, 2, "cpu")]
+    assert summary["preset"] == "quick" and summary["config"]["seed"] == 2
+    assert summary["seed"] == 2 and summary["k"] == 4 and summary["edge_norm"] is True
+    assert pc.Genotype.from_dict(summary["genotype"]) == found
+    assert summary["param_free_normal"] == pc.param_free_count(found)
+    assert summary["retrain_accuracy"] == 0.5 and summary["reference_percentile"] == 50.0
+    assert "found cell: 0.500 test accuracy after retraining, better than 50% of random" in text
+
+
+def _fake_table(monkeypatch, dataset, trained=None, device="CPU x86_64, 1 thread(s)"):
+    """A pc-darts table for ``dataset`` (random rows 0.2/0.4/0.6/0.8) and a cheap fake of
+    its training protocol (returns 0.5, records what it trained)."""
+    from nas_tutorial import tables
+
+    cfg = pc.get_config("pc-darts", "quick")
+    protocol = {"dataset": dataset, "search_steps": cfg.steps,
+                "search_multiplier": cfg.multiplier}
+    rows = [{"key": f"r{i}", "group": "random", "arch": {}, "accuracy": [a, a]}
+            for i, a in enumerate((0.2, 0.4, 0.6, 0.8))]
+    table = tables.Table("pc-darts", {"seeds": [0, 1], "protocol": protocol, "device": device},
+                         rows)
+    monkeypatch.setattr(tables, "load", lambda method, preset="quick", path=None: table)
+
+    def fake_spec(preset, dev):
+        def train(arch, seed, progress=False):
+            if trained is not None:
+                trained.append((pc.Genotype.from_dict(arch), seed, torch.device(dev).type))
+            return 0.5
+        return tables.Spec("pc-darts", [], protocol, None, train)
+
+    monkeypatch.setitem(tables._SPECS, "pc-darts", fake_spec)
+    return table
+
+
+def test_cli_retrain_refuses_a_table_of_other_data_before_searching(tmp_path, capsys,
+                                                                     monkeypatch):
+    """A table made for other data cannot place this search's cell: refused in one line,
+    before minutes of search, with no run folder made."""
+    _fake_table(monkeypatch, "cifar10")
+    out = tmp_path / "run"
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--retrain",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be placed there" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_retrain_refuses_a_missing_or_stale_table_before_searching(tmp_path, capsys,
+                                                                        monkeypatch):
+    from nas_tutorial import tables
+
+    def missing(method, preset="quick", path=None):
+        raise FileNotFoundError("no pc-darts table at X; make it with `nas-tutorial table "
+                                "pc-darts --preset quick`")
+
+    monkeypatch.setattr(tables, "load", missing)
+    out = tmp_path / "run"
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--retrain",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "make it with" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    table = _fake_table(monkeypatch, pc.get_config("pc-darts", "quick").dataset)
+    table.header["protocol"] = {**table.header["protocol"], "epochs": 99}  # a stale table
+    monkeypatch.setattr(tables, "load", lambda method, preset="quick", path=None: table)
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--retrain",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another protocol" in err and not out.exists()
+
+
+def test_cli_resume_with_retrain_places_the_saved_run(tmp_path, capsys, monkeypatch):
+    """A finished run resumed with --retrain (no --preset given) is placed in the table of
+    its own data, trained on the table's device, and keeps its search files."""
+    trained = []
+    _fake_table(monkeypatch, pc.get_config("pc-darts", "quick").dataset, trained)
+    out = tmp_path / "run"
+    assert cli_main(["search", "pc-darts", "--preset", "quick", "--epochs", "1",
+                     "--out", str(out)]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    monkeypatch.setenv("NAS_TUTORIAL_PRESET", "full")  # what a GPU machine would default to
+    assert cli_main(["search", "pc-darts", "--resume", str(out), "--retrain"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["genotype"] == first["genotype"] and s["retrain_accuracy"] == 0.5
+    assert trained == [(pc.Genotype.from_dict(first["genotype"]), 0, "cpu")]
+    assert s["config"]["epochs"] == 1 and s["search_s"] == pytest.approx(first["search_s"])
+    assert pc.table_preset(pc.SearchConfig(**s["config"])) == "quick"
+
+
+def test_cli_search_summary_without_retrain(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["search", "darts", "--preset", "quick", "--epochs", "1",
+                     "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["k"] == 1 and s["edge_norm"] is False and "retrain_accuracy" not in s
+    assert len(s["skips_per_epoch"]) == 1 and 0 <= s["param_free_normal"] <= s["normal_pairs"]
+
+
+def test_long_preset_is_the_quick_search_given_time():
+    quick, long = pc.get_config("pc-darts", "quick"), pc.get_config("pc-darts", "long")
+    assert (long.C, long.epochs, long.warmup_epochs) == (16, 10, 5)
+    assert long.train_images == 2 * quick.train_images and long.steps_per_epoch is None
+    same = ("dataset", "image_size", "steps", "multiplier", "k", "batch_size", "arch_lr", "lr")
+    assert all(getattr(long, f) == getattr(quick, f) for f in same)
+    assert pc.data_preset("long") == "quick" and pc.data_preset("quick") == "quick"
+    darts = pc.get_config("darts", "long")
+    assert (darts.k, darts.edge_norm, darts.warmup_epochs, darts.C) == (1, False, 0, 16)
+    with pytest.raises(SystemExit):
+        cli_main(["search", "spos", "--preset", "long"])  # a PC-DARTS/DARTS preset only
+
+
+def test_cli_long_preset_names_its_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["search", "pc-darts", "--preset", "long", "--epochs", "1"]) == 0
+    s = json.loads((tmp_path / "runs" / "pc-darts-long-seed0" / "summary.json").read_text())
+    assert s["preset"] == "long" and s["config"]["C"] == 16 and s["config"]["epochs"] == 1

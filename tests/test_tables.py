@@ -160,3 +160,42 @@ def test_a_live_row_lands_on_the_recorded_accuracy():
     finally:
         torch.set_num_threads(old)
     assert both == pytest.approx(row["accuracy"][:2], abs=tol)
+
+
+# -- placing a new architecture in a table ---------------------------------------------------
+def _placing_table(accs, protocol=None):
+    rows = [{"key": f"r{i}", "group": "random", "arch": [i], "accuracy": list(a)}
+            for i, a in enumerate(accs)]
+    rows.append({"key": "pub", "group": "published", "arch": [9], "accuracy": [0.99, 0.99]})
+    return Table("pc-darts", {"seeds": [0, 1], "protocol": protocol or {"epochs": 1}}, rows)
+
+
+def test_percentile_counts_single_trainings_of_the_random_rows():
+    table = _placing_table([(0.1, 0.2), (0.3, 0.4)])
+    assert list(table.trainings()) == [0.1, 0.2, 0.3, 0.4]  # published rows left out
+    assert table.percentile(0.25) == 50.0
+    assert table.percentile(0.05) == 0.0 and table.percentile(0.5) == 100.0
+    assert table.percentile(0.3) == pytest.approx(62.5)  # a tie counts half
+    with pytest.raises(TableError, match="no complete 'other' rows"):
+        table.percentile(0.5, group="other")
+
+
+def test_retrain_trains_with_the_spec_and_refuses_a_stale_table(monkeypatch):
+    calls = []
+
+    def fake(preset, device):
+        def train(arch, seed, progress=False):
+            calls.append((arch, seed))
+            return 0.35
+        return Spec("pc-darts", [], {"epochs": 1}, None, train)
+
+    monkeypatch.setitem(tables._SPECS, "pc-darts", fake)
+    table = _placing_table([(0.1, 0.2), (0.3, 0.4)])
+    placed = tables.retrain("pc-darts", {"normal": []}, seed=3, table=table)
+    assert calls == [({"normal": []}, 3)]
+    assert placed["accuracy"] == 0.35 and placed["percentile"] == 75.0
+    assert placed["random_median"] == pytest.approx(0.25)
+    stale = _placing_table([(0.1, 0.2)], protocol={"epochs": 2})
+    with pytest.raises(TableError, match="another protocol"):
+        tables.retrain("pc-darts", {"normal": []}, table=stale)
+    assert len(calls) == 1  # refused before training
