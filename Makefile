@@ -43,7 +43,7 @@ fashion-mnist:
 	  fi; }
 
 demo: setup
-	$(VENV)/bin/nas-tutorial search pc-darts --preset quick --retrain --out runs/demo
+	$(VENV)/bin/nas-tutorial search pc-darts --preset quick --retrain --out runs/demo --overwrite
 
 unit: setup
 	$(PY) -m pytest -q tests

@@ -1,16 +1,23 @@
 """The ``nas-tutorial`` command: inspect and train genotypes, run the searches.
 
-The only place with argparse. Bad input ends with exit code 2 and one line saying what was
-wrong and what is allowed; an interrupted search resumes with ``--resume DIR``.
+The only place with argparse. One error path: every expected failure (bad input, an
+unusable run folder or checkpoint, a diverged search, out of memory, a dataset that cannot
+be loaded) ends with exit code 2 and one line, ``nas-tutorial: error: ...``, saying what was
+wrong and what to do; ``--debug`` adds the traceback. Anything else is a bug and keeps its
+traceback. Inputs and run folders are checked before any work starts (see
+:mod:`nas_tutorial.runfolders`); an interrupted search resumes with ``--resume DIR``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-from pathlib import Path
+import traceback
 
 EXIT_USAGE = 2
+PROG = "nas-tutorial"
 
 
 class CLIError(Exception):
@@ -21,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (no usage dump), exit code 2."""
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive(kind=int):
@@ -46,18 +53,51 @@ def _nonneg_int(text):
     return value
 
 
+def _device(text):
+    """``--device``: auto, cpu, cuda or cuda:N, refused at once when this machine lacks it."""
+    import torch
+
+    try:
+        device = torch.device(text) if text != "auto" else None
+    except RuntimeError:
+        device = torch.device("meta")  # not a device name: refused below
+    if device is None or device.type == "cpu":
+        return text
+    if device.type != "cuda":
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got '{text}'")
+    if not torch.cuda.is_available():
+        why = "no GPU visible" if torch.version.cuda else "this torch is built without CUDA"
+        raise argparse.ArgumentTypeError(f"'{text}': no CUDA device here ({why}); use "
+                                         f"--device cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(f"'{text}': this machine has {count} CUDA device(s), "
+                                         f"cuda:0..cuda:{count - 1}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
     from .data import DATASETS
 
-    p = _Parser(prog="nas-tutorial",
-                                description="Neural architecture search you can run and read.")
+    p = _Parser(prog=PROG, description="Neural architecture search you can run and read.")
     p.add_argument("--threads", dest="cpu_threads", type=_positive(), default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest for these small networks; "
                         "the notebooks use the same rule)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an expected error too (a bug always shows it)")
+    # --debug is also understood after the command (SUPPRESS: not given there, the global
+    # value stands)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", type=_device, default="auto",
+                        help="auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
+    info = sub.add_parser("info", parents=[debug],
+                          help="parameters and FLOPs of a genotype's network")
     info.add_argument("genotype", help="a published genotype name or a genotype JSON file")
     info.add_argument("--channels", type=_positive(), default=36, help="initial channels C")
     info.add_argument("--layers", type=_positive(), default=20, help="number of cells")
@@ -66,20 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--image-size", type=_positive(), default=32)
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
-    train = sub.add_parser("train", help="train a genotype's network briefly")
+    train = sub.add_parser("train", parents=[debug, device],
+                           help="train a genotype's network briefly")
     train.add_argument("genotype", help="a published genotype name or a genotype JSON file")
     train.add_argument("--preset", choices=list(PRESETS), default=None)
     train.add_argument("--epochs", type=_positive(), default=None)
     train.add_argument("--seed", type=_nonneg_int, default=0)
-    train.add_argument("--out", default=None, help="folder for the curves and the drawing")
+    train.add_argument("--out", default=None, help="folder for the curves and the drawing "
+                       "(a new or empty one)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the files of an earlier run in --out")
 
-    search = sub.add_parser("search", help="run a search: pc-darts, darts, spos or pnas")
+    search = sub.add_parser("search", parents=[debug],
+                            help="run a search: pc-darts, darts, spos or pnas")
     methods = search.add_subparsers(dest="method", required=True, metavar="METHOD")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=_nonneg_int, default=0)
-    common.add_argument("--out", default=None, help="run folder (default runs/METHOD-...)")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug, device])
+    common.add_argument("--seed", type=_nonneg_int, default=None, help="default 0")
+    common.add_argument("--out", default=None, help="run folder of a new run (default "
+                        "runs/METHOD-...); one holding a run is refused unless --overwrite")
     common.add_argument("--resume", default=None, metavar="DIR",
-                        help="continue an interrupted run from its folder")
+                        help="continue an interrupted run in its folder, with its saved "
+                             "settings (a flag given must agree with them)")
+    common.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out (its run files are deleted first)")
     common.add_argument("--threads", dest="search_threads", type=_positive(), default=None,
                         metavar="N", help="torch CPU threads for this search (default: the "
                         "global --threads, 1: fastest for these small networks)")
@@ -115,11 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     pnas.add_argument("--oracle", choices=("train", "table"), default=None,
                       help="train each child, or read its accuracy from the ground-truth table")
 
-    table = sub.add_parser("table", help="train a ground-truth table: pnas, spos or pc-darts")
+    table = sub.add_parser("table", parents=[debug],
+                           help="train a ground-truth table: pnas, spos or pc-darts")
     table.add_argument("table_method", metavar="METHOD", choices=("pnas", "spos", "pc-darts"),
                        help="pnas, spos or pc-darts")
     table.add_argument("--preset", choices=list(PRESETS), default="quick")
-    table.add_argument("--device", default="cpu", help="cpu (the shipped tables) or cuda")
+    table.add_argument("--device", type=_device, default="cpu",
+                       help="cpu (the shipped tables), auto, cuda or cuda:N")
     table.add_argument("--seeds", type=_positive(), default=2, help="seeds per architecture")
     table.add_argument("--out", default=None, help="table file (default data/tables/METHOD-PRESET.json)")
     table.add_argument("--resume", action="store_true", help="continue the file --out names")
@@ -132,6 +183,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gb(n: float) -> str:
+    """Bytes for a reader: TB, GB or MB."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _machine_memory() -> int | None:
+    """Physical memory in bytes, None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_size(genotype, args) -> None:
+    """Refuse a network that cannot fit in this machine's memory, before it is built for real.
+
+    The network is built on PyTorch's ``meta`` device (shapes only, no memory) and run once:
+    its parameters (4 bytes each) and its largest feature map for one image must both be in
+    memory at once, a lower bound on what ``info`` would allocate."""
+    import torch
+
+    from .network import NetworkCIFAR
+
+    with torch.device("meta"):
+        model = NetworkCIFAR(genotype, args.channels, args.num_classes, args.layers,
+                             auxiliary=args.auxiliary).eval()
+    params = sum(p.numel() for p in model.parameters())
+    largest = [3 * args.image_size ** 2]
+
+    def record(module, inputs, output):
+        largest[0] = max(largest[0], output.numel())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, args.image_size, args.image_size, device="meta"))
+    for h in hooks:
+        h.remove()
+    need, have = 4 * (params + largest[0]), _machine_memory()
+    if have is not None and need > have:
+        raise CLIError(f"this network needs at least {_gb(need)} of memory ({params:,} "
+                       f"parameters and a feature map of {largest[0]:,} values for one image, "
+                       f"4 bytes each); this machine has {_gb(have)}: lower --channels, "
+                       f"--layers, --num-classes or --image-size")
+
+
 def _info(args) -> int:
     from .flops import count_flops
     from .genotypes import resolve
@@ -140,6 +239,7 @@ def _info(args) -> int:
     genotype = resolve(args.genotype)
     if args.channels % 2:
         raise CLIError(f"--channels must be even (factorized reduce halves it), got {args.channels}")
+    _check_size(genotype, args)
     model = NetworkCIFAR(genotype, args.channels, args.num_classes, args.layers,
                          auxiliary=args.auxiliary)
     params = count_params(model)
@@ -160,13 +260,19 @@ def _info(args) -> int:
 def _train(args) -> int:
     from .config import get_preset
     from .genotypes import resolve
+    from .runfolders import check_new, clear
     from .training import train_genotype
     from .viz import draw_genotype, plot_history, save_html, save_svg
 
     genotype = resolve(args.genotype)
     preset = get_preset(args.preset)
-    model, history = train_genotype(genotype, preset, epochs=args.epochs, seed=args.seed)
-    out = Path(args.out or f"runs/train-{preset.name}-seed{args.seed}")
+    # checked before training; created only once there is something to write into it
+    out = check_new(args.out or f"runs/train-{preset.name}-seed{args.seed}", "train",
+                    args.overwrite, empty=True)
+    model, history = train_genotype(genotype, preset, epochs=args.epochs, seed=args.seed,
+                                    device=args.device)
+    if args.overwrite:
+        clear(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "genotype.json").write_text(genotype.to_json(indent=1) + "\n")
     (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
@@ -181,7 +287,8 @@ def _train(args) -> int:
 
 
 def _search(args) -> int:
-    common = dict(preset=args.preset, seed=args.seed, out=args.out, resume=args.resume)
+    common = dict(preset=args.preset, seed=args.seed, out=args.out, resume=args.resume,
+                  overwrite=args.overwrite, device=args.device)
     if args.method in ("pc-darts", "darts"):
         from . import pc_darts
 
@@ -223,11 +330,35 @@ def _table(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _expected(e: BaseException) -> str | None:
+    """The one-line message of an expected failure, None for anything else (a bug)."""
+    import torch
+
     from .data import DatasetUnavailable
     from .genotypes import GenotypeError
+    from .pc_darts import SearchDiverged
     from .tables import TableError
 
+    oom = isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))  # torch's CPU OOM
+    if oom:
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        what = f"asked for {_gb(int(asked.group(1)))} at once" if asked else _one_line(e)[:200]
+        return (f"out of memory: {what}; try the quick preset, smaller sizes, or another "
+                f"--device")
+    # Every library check raises ValueError (GenotypeError, RunFolderError, config checks) or
+    # one of these; an unexpected ValueError still shows its traceback with --debug.
+    if isinstance(e, (CLIError, GenotypeError, DatasetUnavailable, TableError, SearchDiverged,
+                      ValueError, FileNotFoundError)):
+        return _one_line(e)
+    return None
+
+
+def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
     handlers = {"info": _info, "train": _train, "search": _search, "table": _table}
@@ -239,15 +370,20 @@ def main(argv=None) -> int:
     set_threads(getattr(args, "search_threads", None) or args.cpu_threads)
     try:
         return handlers[args.command](args)
-    except (CLIError, GenotypeError, DatasetUnavailable, TableError, ValueError,
-            FileNotFoundError) as e:
-        print(f"nas-tutorial: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
-        what = ("a table continues with --resume" if args.command == "table"
-                else "a search continues with --resume RUN_FOLDER")
-        print(f"nas-tutorial: interrupted; {what}", file=sys.stderr)
+        what = {"table": "; a table continues with --resume",
+                "search": "; a search continues with --resume RUN_FOLDER once it has written "
+                          "its first checkpoint"}.get(args.command, "")
+        print(f"{PROG}: interrupted{what}", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = _expected(e)
+        if message is None:
+            raise  # a bug: its traceback must stay visible
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         torch.set_num_threads(threads)  # a caller in the same process keeps its own
 

@@ -13,6 +13,7 @@ official code; PNASNet-5 (ECCV 2018) Fig. 1, read from the TensorFlow model defi
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,25 @@ class GenotypeError(ValueError):
 
 
 Pair = tuple  # (op_name: str, input_index: int)
+
+# A genotype file is a few hundred bytes (the published cells: ~400); a file this large is
+# something else, and reading it could take gigabytes (a 57 MB file took 15 GB).
+MAX_FILE_BYTES = 1_000_000
+
+
+def _index(value, what: str) -> int:
+    """``value`` as an input index: a whole number (Python or numpy int), never a float or a
+    bool, which ``int()`` would silently turn into another index (1.7 -> 1, true -> 1)."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    try:
+        shown = json.dumps(value)  # as the file spells it: true, 1.7, "2"
+    except (TypeError, ValueError):
+        shown = repr(value)
+    raise GenotypeError(f"{what}: an index must be a whole number, got {shown}")
 
 
 @dataclass(frozen=True)
@@ -38,10 +58,11 @@ class Genotype:
     def __post_init__(self):
         # Accept lists (from JSON or a widget) but store tuples, so genotypes hash and compare.
         for field in ("normal", "reduce"):
-            pairs = tuple((str(op), int(i)) for op, i in getattr(self, field))
+            pairs = tuple((str(op), _index(i, f"{field} node {k // 2} input"))
+                          for k, (op, i) in enumerate(getattr(self, field)))
             object.__setattr__(self, field, pairs)
         for field in ("normal_concat", "reduce_concat"):
-            object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
+            object.__setattr__(self, field, tuple(_index(i, field) for i in getattr(self, field)))
         self.validate()
 
     # -- structure -----------------------------------------------------------------------
@@ -78,6 +99,10 @@ class Genotype:
             if bad:
                 raise GenotypeError(f"{cell}_concat {bad} out of range; allowed nodes are "
                                     f"2..{n_states - 1}")
+            twice = sorted({i for i in concat if concat.count(i) > 1})
+            if twice:
+                raise GenotypeError(f"{cell}_concat lists node {twice[0]} twice; list each node "
+                                    f"once")
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -108,7 +133,7 @@ class Genotype:
             return cls(normal=d["normal"], normal_concat=d["normal_concat"],
                        reduce=d.get("reduce", d["normal"]),
                        reduce_concat=d.get("reduce_concat", d["normal_concat"]))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             if isinstance(e, GenotypeError):
                 raise
             raise GenotypeError(f"malformed genotype: each pair must be [op_name, input_index] "
@@ -116,19 +141,35 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str) -> "Genotype":
+        def no_constant(name):  # Python's json reads NaN/Infinity; JSON has no such numbers
+            raise GenotypeError(f"not valid JSON: {name} is not a number JSON allows (an input "
+                                f"index is a whole number)")
+
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
+            d = json.loads(text, parse_constant=no_constant)
+        except GenotypeError:
+            raise
+        except ValueError as e:  # JSONDecodeError, or an integer of over 4,300 digits
             raise GenotypeError(f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise GenotypeError("not a genotype: the JSON is nested too deeply (a genotype "
+                                "is an object of lists of [op, index] pairs)") from None
         return cls.from_dict(d)
 
     @classmethod
     def load(cls, path) -> "Genotype":
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise GenotypeError(f"genotype file {path} is {size / 1e6:.1f} MB; a genotype "
+                                    f"is a few hundred bytes (limit {MAX_FILE_BYTES // 10**6} "
+                                    f"MB): is it the right file?")
             text = path.read_text()
         except OSError as e:
             raise GenotypeError(f"cannot read genotype file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise GenotypeError(f"genotype file {path} is not text (UTF-8 JSON)") from None
         return cls.from_json(text)
 
     @classmethod

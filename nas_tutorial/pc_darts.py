@@ -58,6 +58,7 @@ from .data import DATASETS, DeviceLoader, load, resolve_device, split
 from .genotypes import Genotype
 from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
 from .checkpoints import save, write_json
+from .runfolders import RunFolderError, read_checkpoint
 from .training import History, autocast, evaluate
 
 
@@ -572,11 +573,15 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def load_checkpoint(run_dir) -> dict:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CHECKPOINT} in {run_dir}: nothing to resume")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    ckpt["config"] = SearchConfig(**ckpt["config"])
+    """The checkpoint of the run in ``run_dir``, its config as a :class:`SearchConfig`.
+    Raises FileNotFoundError without one and ``RunFolderError`` (one line naming the file)
+    for one that is truncated, empty, not a checkpoint or lacks keys."""
+    ckpt = read_checkpoint(run_dir, "pc-darts")
+    try:
+        ckpt["config"] = SearchConfig(**ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise RunFolderError(f"{Path(run_dir) / CHECKPOINT} holds a config this version "
+                             f"cannot use ({e}); start a new run with --out") from None
     return ckpt
 
 
@@ -647,12 +652,11 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
         ckpt = load_checkpoint(resume)
         out = out if out is not None else resume
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
     torch.manual_seed(config.seed)
     data = load(config.dataset, train=True, size=config.image_size, device=device,
                 n=config.train_images)
+    if run_dir is not None:  # once the data is there: a refused dataset leaves no folder
+        run_dir.mkdir(parents=True, exist_ok=True)
     train_ds, valid_ds = split(data, config.train_portion, seed=config.seed)
     cuda = device.type == "cuda"
     channels_last = uses_channels_last(config, device)
@@ -821,21 +825,42 @@ def summarize_run(result: SearchResult, seconds: float | None = None) -> dict:
 
 
 def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=False,
-               epochs=None, dataset=None, seed=0, out=None, resume=None, retrain=False,
-               device="auto") -> dict:
+               epochs=None, dataset=None, seed=None, out=None, resume=None, retrain=False,
+               overwrite=False, device="auto") -> dict:
     """``nas-tutorial search pc-darts|darts``: run, then write the genotype, the history,
     ``summary.json``, the cell drawings (SVG) and the alpha/beta figures (HTML) into the
     run folder. ``retrain=True`` then trains the found cell from scratch with the
     ``pc-darts`` table's protocol and places it among the table's random cells
-    (``retrain_accuracy``, ``reference_percentile`` in ``summary.json``)."""
+    (``retrain_accuracy``, ``reference_percentile`` in ``summary.json``).
+
+    Everything is checked before any work: the run folder (:mod:`nas_tutorial.runfolders`;
+    ``overwrite`` replaces a run in it), with ``resume`` the checkpoint, its method and
+    every flag given (it must agree with the saved config), and with ``retrain`` the table."""
+    from . import runfolders as rf
     from . import viz
     from .runs import device_label
 
     if resume is not None:
+        run_dir = rf.check_resume(resume, method, out, overwrite)
+        config_check = load_checkpoint(run_dir)["config"]
+        saved = asdict(config_check)
+        if saved["method"] != method:
+            raise RunFolderError(f"{run_dir} holds a {saved['method']} run, not a {method} "
+                                 f"one; resume it with `nas-tutorial search {saved['method']} "
+                                 f"--resume {run_dir}`")
+        # the fields the flags set; a preset decides every other one
+        flag_fields = {"seed", "k", "edge_norm", "unrolled", "epochs", "warmup_epochs",
+                       "dataset", "image_size"}
+        rf.check_preset(run_dir, preset, saved,
+                        {n: asdict(get_config(method, n)) for n in ("quick", "long", "full")},
+                        flag_fields)
+        rf.check_flags(run_dir, saved, [
+            ("--seed", "seed", seed), ("--k", "k", k), ("--no-edge-norm", "edge_norm", edge_norm),
+            ("--unrolled", "unrolled", True if unrolled else None), ("--epochs", "epochs", epochs),
+            ("--dataset", "dataset", dataset)])
         config = None
-        run_dir = Path(out or resume)
-        config_check = load_checkpoint(resume)["config"]  # fails early, in one line
     else:
+        seed = 0 if seed is None else seed
         overrides = {"seed": seed}
         if k is not None:
             overrides["k"] = k
@@ -854,7 +879,7 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
             overrides["image_size"] = 16 if small else None
         config = config_check = get_config(method, preset, **overrides)
         label = preset if preset in LONGER else preset_name(preset)
-        run_dir = Path(out or f"runs/{method}-{label}-seed{seed}")
+        run_dir = rf.check_new(out or f"runs/{method}-{label}-seed{seed}", method, overwrite)
     device = resolve_device(device)
     if retrain:
         # The table was trained on a CPU: the found cell is retrained there too, so that it
@@ -862,6 +887,8 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
         table, table_name = check_retrain(config_check, preset)
         retrain_device = torch.device("cpu") if "CPU" in table.header.get("device", "CPU") \
             else device
+    if resume is None and overwrite:  # only once every check has passed
+        rf.clear(run_dir)
     result = search(config, out=run_dir, resume=resume, device=device)
     h, g = result.history, result.genotype
     label = preset if preset in LONGER else (preset_name(preset) if resume is None else None)

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig, preset_name
+from .runfolders import read_checkpoint
 from .data import holdout, load, resolve_device, split
 from .genotypes import Genotype
 from .network import NetworkCIFAR
@@ -629,7 +630,7 @@ def _load_checkpoint(run_dir: Path, config: PNASConfig) -> dict:
     path = run_dir / "checkpoint.json"
     if not path.exists():
         raise FileNotFoundError(f"no PNAS checkpoint in {run_dir} (expected {path.name})")
-    state = json.loads(path.read_text())
+    state = read_checkpoint(run_dir, "pnas")  # readable, with its keys, else one line
     state["config"].setdefault("oracle", "train")  # checkpoints from before the oracle
     if state["config"] != _config_dict(config):
         raise ValueError(f"{run_dir} was made with other settings; resume it with the same "
@@ -666,11 +667,11 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
         reference = None  # no usable table: only the picked children are scored
     cache = {} if cache is None else cache
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        if resume:
-            cache.update(_load_checkpoint(run_dir, config))
+    if run_dir is not None and resume:
+        cache.update(_load_checkpoint(run_dir, config))
+    train_fn = oracle or train_fn or ChildTrainer(config, device)  # loads the data
+    if run_dir is not None:  # once the data is there: a refused dataset leaves no folder
         run_dir.mkdir(parents=True, exist_ok=True)
-    train_fn = oracle or train_fn or ChildTrainer(config, device)
     result = SearchResult(config, table_seed=oracle.seed if oracle else None)
     t0 = time.perf_counter()
     n_pnas = len(one_block_cells(config.ops)) + (config.blocks - 1) * config.beam
@@ -792,21 +793,57 @@ def study(config: PNASConfig | None = None, seeds=range(5), table=None,
 
 
 # -- the command line ----------------------------------------------------------------------
+def config_from_dict(d: dict) -> PNASConfig:
+    """A :class:`PNASConfig` from the dict a checkpoint saves (``_config_dict``)."""
+    d = {"oracle": "train", **d}  # checkpoints from before the oracle
+    return PNASConfig(**{**d, "ops": tuple(d["ops"]), "train": TrainConfig(**d["train"])})
+
+
+# The fields the flags of ``search pnas`` set; the preset decides every other one.
+CLI_FIELDS = ("blocks", "beam", "predictor", "seed", "oracle")
+
+
 def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, out=None,
-               resume=None, oracle=None) -> dict:
+               resume=None, oracle=None, overwrite=False, device="auto") -> dict:
     """``nas-tutorial search pnas``: run, then write the best cell, all evaluated cells,
-    ``summary.json`` and the figures into the run folder."""
+    ``summary.json`` and the figures into the run folder.
+
+    Before any work: the run folder is checked (:mod:`nas_tutorial.runfolders`;
+    ``overwrite`` replaces a run in it); ``resume`` continues a run with its saved settings,
+    and every flag given must agree with them."""
     from . import pnas_viz
+    from . import runfolders as rf
     from .viz import draw_genotype, save_html, save_svg
 
-    config = get_config(preset, blocks=blocks, beam=beam, predictor=predictor, seed=seed,
-                        oracle=oracle)
+    if resume is not None:
+        run_dir = rf.check_resume(resume, "pnas", out, overwrite)
+        saved = rf.read_checkpoint(run_dir, "pnas")["config"]
+        try:
+            config = config_from_dict(saved)
+        except (TypeError, ValueError, KeyError) as e:
+            raise rf.RunFolderError(f"{run_dir / 'checkpoint.json'} holds settings this "
+                                    f"version cannot use ({e}); start a new run with "
+                                    f"--out") from None
+        saved = _config_dict(config)
+        rf.check_preset(run_dir, preset, saved,
+                        {n: _config_dict(PNAS_PRESETS[n]) for n in ("quick", "full")},
+                        CLI_FIELDS)
+        rf.check_flags(run_dir, saved, [
+            ("--blocks", "blocks", blocks), ("--beam", "beam", beam),
+            ("--predictor", "predictor", predictor), ("--seed", "seed", seed),
+            ("--oracle", "oracle", oracle)])
+    else:
+        config = get_config(preset, blocks=blocks, beam=beam, predictor=predictor, seed=seed,
+                            oracle=oracle)
     if config.oracle == "table":
         find_table(config)  # refuse at once, before a run folder exists
-    name = preset_name(preset)
-    suffix = "-table" if config.oracle == "table" else ""
-    run_dir = Path(resume or out or f"runs/pnas-{name}{suffix}-seed{config.seed}")
-    result = search(config, run_dir=run_dir, resume=resume is not None)
+    if resume is None:
+        suffix = "-table" if config.oracle == "table" else ""
+        run_dir = rf.check_new(out or f"runs/pnas-{preset_name(preset)}{suffix}-seed{config.seed}",
+                               "pnas", overwrite)
+        if overwrite:
+            rf.clear(run_dir)
+    result = search(config, run_dir=run_dir, resume=resume is not None, device=device)
     best = result.best
     result.best_genotype.to_json(run_dir / "best_cell.json", indent=1)
     write_json(run_dir / "cells.json", result.to_dict())

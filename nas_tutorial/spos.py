@@ -1133,28 +1133,58 @@ def load_supernet(cfg: SPOSConfig, train_ds, device="auto", folders=None, progre
 
 
 # -- the command line: ``nas-tutorial search spos`` ---------------------------------------------
+def config_from_dict(d: dict) -> SPOSConfig:
+    """An :class:`SPOSConfig` from its ``asdict`` form (as a checkpoint saves it)."""
+    d = dict(d)
+    supernet = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("supernet").items()}
+    return SPOSConfig(supernet=SupernetConfig(**supernet), **d)
+
+
+# The fields the flags of ``search spos`` set; the preset decides every other one.
+CLI_FIELDS = ("seed", "flops_limit", "params_limit", "population", "generations", "sampling")
+
+
 def cli_search(preset=None, flops_limit=None, params_limit=None, population=None,
-               generations=None, sampling=None, seed=0, out=None, resume=None, device="auto",
-               progress=True) -> dict:
+               generations=None, sampling=None, seed=None, out=None, resume=None,
+               device="auto", progress=True, overwrite=False) -> dict:
     """Train the supernet, run evolution and an equal-budget random search, measure ranking
     quality against the ``spos`` table when one matches, and write the best path, every
-    evaluated path, ``summary.json`` and the figures into the run folder."""
+    evaluated path, ``summary.json`` and the figures into the run folder.
+
+    Before any work: the run folder is checked (:mod:`nas_tutorial.runfolders`;
+    ``overwrite`` replaces a run in it); ``resume`` continues a run with its saved settings,
+    and every flag given must agree with them."""
+    from . import runfolders as rf
     from . import spos_viz
     from .viz import save_html, save_svg
 
-    base = get_config(preset)
-    over = {k: v for k, v in dict(flops_limit=flops_limit, params_limit=params_limit,
-                                  population=population, generations=generations,
-                                  sampling=sampling).items()
-            if v is not None}
-    cfg = replace(base, seed=seed, **over)
+    given = dict(flops_limit=flops_limit, params_limit=params_limit, population=population,
+                 generations=generations, sampling=sampling, seed=seed)
+    if resume is not None:
+        run_dir = rf.check_resume(resume, "spos", out, overwrite)
+        saved = rf.read_checkpoint(run_dir, "spos")["config"]
+        try:
+            cfg = config_from_dict(saved)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise rf.RunFolderError(f"{run_dir / 'supernet.pt'} holds settings this version "
+                                    f"cannot use ({e}); start a new run with --out") from None
+        saved = asdict(cfg)
+        rf.check_preset(run_dir, preset, saved, {n: asdict(PRESETS[n]) for n in ("quick", "full")},
+                        CLI_FIELDS)
+        rf.check_flags(run_dir, saved, [("--" + k.replace("_", "-"), k, v)
+                                        for k, v in given.items()])
+    else:
+        over = {k: v for k, v in given.items() if v is not None}
+        cfg = replace(get_config(preset), **{"seed": 0, **over})
+    seed = cfg.seed
     check_budget(cfg.supernet, cfg.flops_limit, cfg.params_limit)  # before any training
-    run_dir = Path(resume or out or run_folder(cfg))
-    if resume is not None and not run_dir.is_dir():
-        raise FileNotFoundError(f"no run folder to resume at {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        run_dir = rf.check_new(out or run_folder(cfg), "spos", overwrite)
+        if overwrite:
+            rf.clear(run_dir)
     device = resolve_device(device)
     train_ds, valid_ds = load_data(cfg, device)
+    run_dir.mkdir(parents=True, exist_ok=True)  # once the data is there
     torch.manual_seed(seed)
     supernet = Supernet(cfg.supernet)
     history = train_supernet(supernet, train_ds, cfg, device, run_dir / "supernet.pt",

@@ -66,3 +66,219 @@ def test_bad_genotype_file_exits_2(capsys, tmp_path, content, words):
 def test_missing_file_exits_2(capsys, tmp_path):
     code, _, err = run(capsys, "info", str(tmp_path / "missing.json"))
     assert code == 2 and "cannot read" in err
+
+
+# -- issue 16: one error path -------------------------------------------------------------------
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nas-tutorial: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [["--debug", "info", "NOPE"], ["info", "NOPE", "--debug"]])
+def test_debug_shows_the_traceback_of_an_expected_error(capsys, argv):
+    code, _, err = run(capsys, "info", "NOPE")
+    assert code == 2 and "Traceback" not in err and "unknown genotype 'NOPE'" in one_line(err)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "Traceback" in err and "GenotypeError" in err
+    assert err.strip().splitlines()[-1] == "nas-tutorial: error: unknown genotype 'NOPE': use " \
+        "one of DARTS_V1, DARTS_V2, PC_DARTS, PNASNET_5 or a path to a genotype JSON file"
+
+
+def test_an_unexpected_exception_keeps_its_traceback(monkeypatch):
+    from nas_tutorial import genotypes
+
+    def bug(name):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(genotypes, "resolve", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["info", "PC_DARTS"])
+
+
+def test_a_diverged_search_is_one_line(capsys, monkeypatch, tmp_path):
+    from nas_tutorial import pc_darts
+
+    message = ("search diverged in epoch 3: NaN/Inf in the loss; the last good checkpoint "
+               f"(epoch 2) is kept in {tmp_path}; try a lower lr or arch_lr")
+
+    def diverge(*args, **kw):
+        raise pc_darts.SearchDiverged(message)
+
+    monkeypatch.setattr(pc_darts, "search", diverge)
+    code, _, err = run(capsys, "search", "pc-darts", "--preset", "quick", "--out",
+                       str(tmp_path / "run"))
+    assert code == 2 and one_line(err) == f"nas-tutorial: error: {message}"
+
+
+@pytest.mark.parametrize("error, words", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 40000000000000 bytes. Error code 12"),
+     "out of memory: asked for 40.0 TB at once"),
+    (MemoryError(), "out of memory"),
+])
+def test_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path, error, words):
+    from nas_tutorial import training
+
+    def oom(*args, **kw):
+        raise error
+
+    monkeypatch.setattr(training, "train_genotype", oom)
+    code, _, err = run(capsys, "train", "PC_DARTS", "--out", str(tmp_path / "run"))
+    assert code == 2 and words in one_line(err)
+
+
+def test_an_interrupted_train_writes_nothing_and_suggests_no_resume(capsys, monkeypatch,
+                                                                    tmp_path):
+    from nas_tutorial import training
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_genotype", stop)
+    code, _, err = run(capsys, "train", "PC_DARTS", "--out", str(tmp_path / "run"))
+    assert code == 130 and err.strip() == "nas-tutorial: interrupted"
+    assert not (tmp_path / "run").exists()
+
+
+# -- genotype files ----------------------------------------------------------------------------
+PAIRS = '[["sep_conv_3x3", 1], ["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ["sep_conv_3x3", 2]]'
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ('{"normal": ' + "[" * 5000 + "]" * 5000 + ', "normal_concat": [2]}', "nested too deeply"),
+    ('{"normal": [["sep_conv_3x3", Infinity], ["sep_conv_3x3", 0]], "normal_concat": [2]}',
+     "Infinity is not a number JSON allows"),
+    ('{"normal": [["sep_conv_3x3", NaN], ["sep_conv_3x3", 0]], "normal_concat": [2]}',
+     "NaN is not a number JSON allows"),
+    ('{"normal": [["sep_conv_3x3", 1e999], ["sep_conv_3x3", 0]], "normal_concat": [2]}',
+     "index must be a whole number, got Infinity"),
+    ('{"normal": [["sep_conv_3x3", 1.7], ["sep_conv_3x3", 0]], "normal_concat": [2]}',
+     "normal node 0 input: an index must be a whole number, got 1.7"),
+    ('{"normal": [["sep_conv_3x3", true], ["sep_conv_3x3", 0]], "normal_concat": [2]}',
+     "normal node 0 input: an index must be a whole number, got true"),
+    ('{"normal": [["sep_conv_3x3", 1], ["sep_conv_3x3", 0]], "normal_concat": [2.0]}',
+     "normal_concat: an index must be a whole number, got 2.0"),
+    ('{"normal": ' + PAIRS + ', "normal_concat": [2, 3, 3]}', "lists node 3 twice"),
+    ('{"normal": [["sep_conv_3x3", ' + "9" * 5000 + '], ["sep_conv_3x3", 0]], '
+     '"normal_concat": [2]}', "not valid JSON"),
+])
+def test_hostile_genotype_files_are_one_line(capsys, tmp_path, content, words):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    for verb in (["info"], ["train", "--out", str(tmp_path / "run")]):
+        code, _, err = run(capsys, *verb, str(path))
+        assert code == 2 and words in one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_genotype_file_over_the_size_limit_is_refused_unread(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "huge.json"
+    nt.GENOTYPES["PC_DARTS"].to_json(path)
+    with path.open("a") as f:
+        f.write(" " * nt.genotypes.MAX_FILE_BYTES)  # still a valid genotype, 1 MB too long
+    monkeypatch.setattr(type(path), "read_text", lambda *a, **k: pytest.fail("file was read"))
+    code, _, err = run(capsys, "info", str(path))
+    assert code == 2 and "is 1.0 MB" in one_line(err) and "limit 1 MB" in err
+
+
+def test_whole_numbers_still_read_as_indices():
+    import numpy as np
+
+    g = nt.Genotype.from_cell([("sep_conv_3x3", np.int64(1)), ("max_pool_3x3", 0)], [2])
+    assert g.normal == (("sep_conv_3x3", 1), ("max_pool_3x3", 0))
+    assert type(g.normal[0][1]) is int
+
+
+# -- absurd sizes ------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, words", [
+    (["--channels", "100000"], "25,850,790,300,010 parameters"),
+    (["--image-size", "100000"], "a feature map of 1,440,000,000,000 values"),
+    (["--num-classes", "1000000000"], "577,003,628,908 parameters"),
+])
+def test_absurd_sizes_are_refused_at_once_with_the_memory_they_need(capsys, monkeypatch, flags,
+                                                                    words):
+    from nas_tutorial import cli, network
+
+    monkeypatch.setattr(cli, "_machine_memory", lambda: 64 * 10**9)
+    built = []
+    real_init = network.NetworkCIFAR.__init__
+
+    def watch(self, *args, **kw):  # only the meta-device estimate may build the network
+        real_init(self, *args, **kw)
+        built.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(network.NetworkCIFAR, "__init__", watch)
+    code, out, err = run(capsys, "info", "PC_DARTS", *flags)
+    line = one_line(err)
+    assert code == 2 and out == "" and built == ["meta"]
+    assert "needs at least" in line and "TB of memory" in line and words in line
+    assert "this machine has 64.0 GB" in line
+
+
+def test_the_memory_bound_is_params_plus_the_largest_feature_map(capsys, monkeypatch):
+    from nas_tutorial import cli
+
+    # PC_DARTS at C=36, 20 cells, 32 px: 3,634,678 params + 147,456 values = 15,128,536 bytes
+    monkeypatch.setattr(cli, "_machine_memory", lambda: 15_128_536)
+    assert run(capsys, "info", "PC_DARTS", "--json")[0] == 0
+    monkeypatch.setattr(cli, "_machine_memory", lambda: 15_128_535)
+    code, _, err = run(capsys, "info", "PC_DARTS", "--json")
+    assert code == 2 and "needs at least 15.1 MB" in one_line(err)
+    assert "this machine has 15.1 MB" in err
+
+
+# -- --device ----------------------------------------------------------------------------------
+DEVICE_VERBS = [["train", "PC_DARTS"], ["search", "pc-darts"], ["search", "darts"],
+                ["search", "spos"], ["search", "pnas"], ["table", "pnas"]]
+
+
+@pytest.mark.parametrize("verb", DEVICE_VERBS)
+@pytest.mark.parametrize("device, words", [
+    ("cuda", "'cuda': no CUDA device here"), ("cuda:1", "'cuda:1': no CUDA device here"),
+    ("tpu", "expected auto, cpu, cuda or cuda:N, got 'tpu'")])
+def test_a_device_this_machine_lacks_is_one_line(capsys, monkeypatch, verb, device, words):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(capsys, *verb, "--device", device)
+    assert code == 2 and words in one_line(err)
+
+
+def test_a_cuda_index_past_the_last_gpu_is_one_line(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code, _, err = run(capsys, "search", "spos", "--device", "cuda:2")
+    assert code == 2 and "has 2 CUDA device(s), cuda:0..cuda:1" in one_line(err)
+
+
+@pytest.mark.parametrize("verb, target", [
+    (["train", "PC_DARTS"], ("training", "train_genotype")),
+    (["search", "pc-darts"], ("pc_darts", "search")),
+    (["search", "darts"], ("pc_darts", "search")),
+    (["search", "spos"], ("spos", "cli_search")),
+    (["search", "pnas"], ("pnas", "search")),
+    (["table", "spos"], ("tables", "cli_table")),
+])
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_device_reaches_the_functions_that_compute(monkeypatch, tmp_path, verb, target, device):
+    import importlib
+
+    module = importlib.import_module(f"nas_tutorial.{target[0]}")
+    seen = []
+
+    def record(*args, **kw):
+        seen.append(kw.get("device", args[-1] if args else None))
+        raise KeyboardInterrupt  # stop here: nothing runs, nothing is written
+
+    monkeypatch.setattr(module, target[1], record)
+    out = [] if verb[0] == "table" else ["--out", str(tmp_path / "run")]
+    assert main([*verb, "--preset", "quick", "--device", device, *out]) == 130
+    from nas_tutorial.data import resolve_device
+
+    # passed on as given or already resolved: the same device either way
+    assert [resolve_device(d) for d in seen] == [resolve_device(device)]
+    assert not (tmp_path / "run").exists()

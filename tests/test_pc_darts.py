@@ -267,6 +267,26 @@ def test_cli_search_writes_the_run(tmp_path, capsys):
         assert (out / name).is_file(), name
     g = pc.Genotype.load(out / "genotype.json")
     assert f"found:    {g}" in text
+    # issue 16: the run wrote only its run files (what --overwrite deletes), and the finished
+    # run is safe: a new run into it, or a resume that contradicts it, changes nothing
+    from nas_tutorial.runfolders import RUN_FILES
+
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(RUN_FILES["pc-darts"]), written - set(RUN_FILES["pc-darts"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for argv, words in [
+        (["--preset", "quick", "--epochs", "1", "--out", str(out)],
+         "already holds a pc-darts or darts run (checkpoint.pt, genotype.json, "),
+        (["--resume", str(out), "--epochs", "2"], "--epochs 2 contradicts"),
+        (["--resume", str(out), "--out", str(out)], "--out cannot go with --resume"),
+    ]:
+        assert cli_main(["search", "pc-darts", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli_main(["search", "darts", "--resume", str(out)]) == 2
+    assert "holds a pc-darts run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_second_order_step_stays_fp32_under_bf16_autocast(monkeypatch):

@@ -354,3 +354,29 @@ def test_real_children_concurrent_equals_sequential_and_cli_writes_files(tmp_pat
     cells_json = json.loads((out / "cells.json").read_text())
     assert best.steps == 2 and len(cells_json["evaluated"]) == 2 * (3 + 2)
     assert (out / "predictions.html").exists() and (out / "pnas_vs_random.html").exists()
+    from nas_tutorial.runfolders import RUN_FILES
+
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(RUN_FILES["pnas"]), written - set(RUN_FILES["pnas"])
+
+
+def test_cli_resume_continues_with_the_saved_settings_and_refuses_contradictions(tmp_path,
+                                                                                capsys):
+    """A finished run (children from the fake trainer) resumes from its checkpoint alone:
+    every child is cached, so nothing trains; a contradicting flag or a damaged checkpoint
+    is refused in one line and the files stay as they were."""
+    config = tiny(blocks=2, beam=2, seed=3, random_baseline=True)
+    out = tmp_path / "run"
+    done = pnas.search(config, train_fn=FakeTrainer(), run_dir=out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for flags, words in [(["--beam", "3"], "--beam 3 contradicts"),
+                         (["--seed", "0"], "(it was made with seed=3, not 0)"),
+                         (["--out", str(tmp_path / "b")], "--out cannot go with --resume")]:
+        assert cli_main(["search", "pnas", "--resume", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli_main(["search", "pnas", "--resume", str(out), "--blocks", "2",
+                     "--device", "cpu"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["seed"] == 3 and s["best_cell"] == done.best["key"]

@@ -310,6 +310,24 @@ def test_cli_search_writes_the_run_folder_and_resumes(tmp_path, monkeypatch, cap
     assert main(["search", "spos", "--preset", "quick", "--population", "4",
                  "--generations", "2", "--resume", str(out)]) == 0  # all from checkpoints
     assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
+    # issue 16: only run files were written, and the run is safe from a new run into its
+    # folder and from a resume that contradicts it
+    from nas_tutorial.runfolders import RUN_FILES
+
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(RUN_FILES["spos"]), written - set(RUN_FILES["spos"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for argv, words in [(argv, "already holds a spos run"),
+                        (["search", "spos", "--resume", str(out), "--population", "8"],
+                         "--population 8 contradicts"),
+                        (["search", "pnas", "--resume", str(out)], "holds a spos run")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the saved settings are enough to continue it
+    assert main(["search", "spos", "--resume", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
 
 
 # -- issue 11: sampling, the cached supernet, ranking with and without recalibration ----------

@@ -1,0 +1,232 @@
+"""Run folders and checkpoints, checked before a run does any work.
+
+Every verb of the command line that writes a run folder (``search pc-darts|darts|spos|pnas``,
+``train``) asks this module first, so that a refused run creates and changes nothing:
+
+- a new run (``--out``, or the default folder) needs a folder that is not a file, that can
+  be created and written, and that holds no run already, unless ``--overwrite`` (which
+  deletes the files a run writes there, and only those);
+- a resumed run (``--resume DIR``) needs a folder holding a readable checkpoint of the same
+  method with the keys that method saves, and every flag given beside ``--resume`` must say
+  what the saved config says (:func:`check_flags`, :func:`check_preset`).
+
+Every refusal is a :class:`RunFolderError`, one line that names the file or flag and what to
+do; the CLI prints it and exits with code 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class RunFolderError(ValueError):
+    """A run folder or checkpoint that cannot be used; the message says why and what to do."""
+
+
+# Every file each verb writes into its run folder (the test of each verb checks that its run
+# writes nothing else). A folder holding any of them holds a run.
+RUN_FILES = {
+    "pc-darts": ("checkpoint.pt", "history.json", "genotype.json", "summary.json", "normal.svg",
+                 "reduce.svg", "alpha_normal.html", "alpha_reduce.html", "alpha_heatmap.html",
+                 "skip_monitor.html"),
+    "spos": ("supernet.pt", "fitness.json", "evolution.json", "random.json", "best_path.json",
+             "evaluated.json", "summary.json", "pareto.html", "progress.html", "path.svg",
+             "ranking.html"),
+    "pnas": ("checkpoint.json", "best_cell.json", "cells.json", "summary.json",
+             "predictions.html", "pnas_vs_random.html", "beams.svg", "best_cell.svg"),
+    "train": ("genotype.json", "history.json", "cell.svg", "curves.html"),
+}
+RUN_FILES["darts"] = RUN_FILES["pc-darts"]
+
+# The checkpoint a resumed run starts from: file, format, the keys it must hold, and the
+# method's other state files that a resume reads (JSON; each must parse).
+CHECKPOINTS = {
+    "pc-darts": ("checkpoint.pt", "torch", ("config", "epoch", "model", "w_optimizer",
+                                            "a_optimizer", "scheduler", "train_loader",
+                                            "valid_loader", "rng", "history"), ()),
+    "spos": ("supernet.pt", "torch", ("config", "epoch", "model", "history"),
+             ("fitness.json", "evolution.json", "random.json")),
+    "pnas": ("checkpoint.json", "json", ("config", "children"), ()),
+}
+CHECKPOINTS["darts"] = CHECKPOINTS["pc-darts"]
+
+_STATE_FILES = {"checkpoint.pt": "pc-darts or darts", "supernet.pt": "spos",
+                "checkpoint.json": "pnas"}
+
+
+def run_files_in(folder) -> list:
+    """The names of the run files (of any verb) that ``folder`` holds: checkpoints and
+    results first (what a reader recognizes a run by), then the rest, sorted."""
+    folder = Path(folder)
+    names = {n for files in RUN_FILES.values() for n in files}
+    first = [*_STATE_FILES, "genotype.json", "summary.json", "best_cell.json", "best_path.json"]
+    return sorted((n for n in names if (folder / n).exists()),
+                  key=lambda n: (first.index(n) if n in first else len(first), n))
+
+
+def holds(folder) -> str | None:
+    """Which method's resumable run ``folder`` holds (by its checkpoint file), or None."""
+    for name, method in _STATE_FILES.items():
+        if (Path(folder) / name).exists():
+            return method
+    return None
+
+
+def _writable_parent(folder: Path, flag: str) -> None:
+    """Refuse ``folder`` when it, or the nearest part of its path that exists, cannot be
+    created or written. Creates nothing."""
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{flag} {folder} is a file, not a folder; name a folder")
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunFolderError(f"cannot create the run folder {folder}: {probe} is a file; "
+                             f"choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "write to" if probe == folder else f"create {folder} in"
+        raise RunFolderError(f"cannot {where} {probe}: permission denied; choose another {flag}")
+
+
+def check_new(folder, method: str, overwrite: bool = False, flag: str = "--out",
+              empty: bool = False) -> Path:
+    """A folder for a new run of ``method``: usable, and holding no run (``empty``: nothing
+    at all) unless ``overwrite``. Creates and deletes nothing (see :func:`clear`)."""
+    folder = Path(folder)
+    _writable_parent(folder, flag)
+    if folder.is_dir() and not overwrite:
+        found = run_files_in(folder)
+        if found:
+            resumable = holds(folder)
+            hint = (f"continue it with --resume {folder}, " if resumable and method in
+                    resumable.split(" or ") else "")
+            what = f"a {resumable} run" if resumable else "a run's files"
+            raise RunFolderError(f"{folder} already holds {what} ({', '.join(found[:3])}"
+                                 f"{', ...' if len(found) > 3 else ''}); {hint}replace it with "
+                                 f"--overwrite, or choose another {flag}")
+        if empty and any(folder.iterdir()):
+            names = sorted(p.name for p in folder.iterdir())
+            raise RunFolderError(f"{folder} is not empty ({', '.join(names[:3])}"
+                                 f"{', ...' if len(names) > 3 else ''}); replace its run files "
+                                 f"with --overwrite, or choose another {flag}")
+    return folder
+
+
+def clear(folder) -> list:
+    """``--overwrite``: delete the run files (of every verb, and their half-written
+    ``.tmp`` copies) in ``folder``; anything else stays. Returns the deleted names."""
+    folder = Path(folder)
+    names = {n for files in RUN_FILES.values() for n in files}
+    gone = []
+    for name in sorted(names | {n + ".tmp" for n in names}):
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            gone.append(name)
+    return gone
+
+
+def check_resume(folder, method: str, out=None, overwrite: bool = False) -> Path:
+    """The folder ``--resume`` names: a writable folder holding ``method``'s checkpoint."""
+    if out is not None:
+        raise RunFolderError(f"--out cannot go with --resume: a run continues in its own "
+                             f"folder ({folder}); drop --out")
+    if overwrite:
+        raise RunFolderError("--overwrite cannot go with --resume: --resume continues the run "
+                             "in the folder, --overwrite replaces it; choose one")
+    folder = Path(folder)
+    if not folder.exists():
+        raise RunFolderError(f"no run folder at {folder}: nothing to resume")
+    if not folder.is_dir():
+        raise RunFolderError(f"--resume {folder} is a file; name the run's folder")
+    name = CHECKPOINTS[method][0]
+    if not (folder / name).exists():
+        other = holds(folder)
+        if other is not None:
+            cmd = other.split(" or ")[0]
+            raise RunFolderError(f"{folder} holds a {other} run, not a {method} one; resume it "
+                                 f"with `nas-tutorial search {cmd} --resume {folder}`")
+        raise RunFolderError(f"no {name} in {folder}: nothing to resume (a {method} run "
+                             f"writes it after its first epoch); start a new run with --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RunFolderError(f"cannot write to {folder}: permission denied; a resumed run "
+                             f"writes its checkpoints there")
+    return folder
+
+
+def read_checkpoint(folder, method: str) -> dict:
+    """``method``'s checkpoint in ``folder``, read and checked: a readable file of the
+    method's format holding its keys; the method's other state files must parse. Raises
+    FileNotFoundError when there is none, :class:`RunFolderError` naming the file else."""
+    name, fmt, keys, extra = CHECKPOINTS[method]
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} in {folder}: nothing to resume")
+    if path.stat().st_size == 0:
+        raise RunFolderError(f"{path} is empty (a run killed while writing it?); start a new "
+                             f"run with --out")
+    try:
+        if fmt == "torch":
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            state = json.loads(path.read_text())
+    except Exception as e:  # torch.load raises many kinds (zip, pickle, EOF, ...) on bad input
+        raise RunFolderError(f"cannot read {path}: not a complete {method} checkpoint "
+                             f"({type(e).__name__}); it may be truncated or another file; "
+                             f"start a new run with --out") from None
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
+    if missing:
+        raise RunFolderError(f"{path} is not a {method} checkpoint: it lacks "
+                             f"{', '.join(missing)}; start a new run with --out")
+    if not isinstance(state["config"], dict):
+        raise RunFolderError(f"{path} is not a {method} checkpoint: its config is not a "
+                             f"mapping; start a new run with --out")
+    for other in extra:
+        p = Path(folder) / other
+        if p.exists():
+            try:
+                ok = isinstance(json.loads(p.read_text()), dict)
+            except (OSError, UnicodeDecodeError, ValueError):
+                ok = False
+            if not ok:
+                raise RunFolderError(f"cannot read {p}: not a JSON object (truncated?); "
+                                     f"delete it to recompute it, or start a new run with --out")
+    return state
+
+
+def check_flags(folder, saved: dict, given) -> None:
+    """Refuse a flag given beside ``--resume`` that contradicts the saved config.
+
+    ``given``: ``(flag, field, value)`` triples; ``value`` None means the flag was not
+    given. The message names the flag, the saved value and the given one."""
+    for flag, field, value in given:
+        if value is None or field not in saved or saved[field] == value:
+            continue
+        shown = flag if isinstance(value, bool) else f"{flag} {value}"
+        raise RunFolderError(f"{shown} contradicts the run in {folder} (it was made with "
+                             f"{field}={saved[field]!r}, not {value!r}); drop {flag} to "
+                             f"continue that run, or start a new one with --out")
+
+
+def check_preset(folder, preset: str | None, saved: dict, presets: dict, flag_fields) -> None:
+    """Refuse ``--preset`` beside ``--resume`` when the run was not made with that preset:
+    its saved config must equal the preset's on every field that no flag sets.
+    ``presets``: name -> config as a dict."""
+    if preset is None:
+        return
+
+    def same(d):
+        return all(d.get(k) == v for k, v in saved.items() if k not in flag_fields)
+
+    if same(presets[preset]):
+        return
+    made = next((n for n, d in presets.items() if same(d)), None)
+    made = f"preset={made!r}" if made else "the settings of no preset"
+    raise RunFolderError(f"--preset {preset} contradicts the run in {folder} (it was made "
+                         f"with {made}, not {preset!r}); drop --preset to continue that run, "
+                         f"or start a new one with --out")
