@@ -31,25 +31,42 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive(kind=int):
+# Upper bounds, checked before any work: past them a run would not finish or fit, and
+# the failure would come late (a seed over torch's range after ten PNAS children).
+MAX_SEED = 2 ** 32 - 1     # torch.manual_seed takes < 2**63 signed; derived seeds (PNAS:
+#                            seed * 100 + b, PC-DARTS: seed + 1) must stay inside it too
+MAX_EPOCHS = 10_000        # DARTS's evaluation: 600
+MAX_POPULATION = 10_000    # SPOS: 50 paths a generation
+MAX_GENERATIONS = 10_000   # SPOS: 20
+MAX_BEAM = 10_000          # PNAS: K = 256
+MAX_BLOCKS = 5             # PNAS's space (pnas.MAX_BLOCKS, Sec. 3.1)
+MAX_LAYERS = 1_000         # cells in a network (DARTS: 20); even the shape-only build is slow
+
+
+def _positive(kind=int, most=None):
+    """A number > 0 (finite, for floats: nan and inf are refused), at most ``most``."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-        if value <= 0:
+        if not value > 0 or value == float("inf"):  # `not >`: NaN fails every comparison
             raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"expected a number from 1 to {most:,}, "
+                                             f"got '{text}'")
         return value
     return parse
 
 
-def _nonneg_int(text):
+def _nonneg_int(text, most=MAX_SEED):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
+    if not 0 <= value <= most:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {most:,}, "
+                                         f"got '{text}'")
     return value
 
 
@@ -100,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="parameters and FLOPs of a genotype's network")
     info.add_argument("genotype", help="a published genotype name or a genotype JSON file")
     info.add_argument("--channels", type=_positive(), default=36, help="initial channels C")
-    info.add_argument("--layers", type=_positive(), default=20, help="number of cells")
+    info.add_argument("--layers", type=_positive(most=MAX_LAYERS), default=20,
+                      help="number of cells")
     info.add_argument("--auxiliary", action="store_true", help="build the auxiliary head")
     info.add_argument("--num-classes", type=_positive(), default=10)
     info.add_argument("--image-size", type=_positive(), default=32)
@@ -110,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="train a genotype's network briefly")
     train.add_argument("genotype", help="a published genotype name or a genotype JSON file")
     train.add_argument("--preset", choices=list(PRESETS), default=None)
-    train.add_argument("--epochs", type=_positive(), default=None)
+    train.add_argument("--epochs", type=_positive(most=MAX_EPOCHS), default=None)
     train.add_argument("--seed", type=_nonneg_int, default=0)
     train.add_argument("--out", default=None, help="folder for the curves and the drawing "
                        "(a new or empty one)")
@@ -140,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--k", type=_positive(), default=None, help="partial-channel 1/K")
         m.add_argument("--no-edge-norm", action="store_true", help="turn edge normalization off")
         m.add_argument("--unrolled", action="store_true", help="second-order architecture step")
-        m.add_argument("--epochs", type=_positive(), default=None)
+        m.add_argument("--epochs", type=_positive(most=MAX_EPOCHS), default=None)
         m.add_argument("--dataset", choices=DATASETS, default=None)
         m.add_argument("--retrain", action="store_true",
                        help="after the search, retrain the found cell with the pc-darts "
@@ -151,15 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="FLOPs budget in millions of multiply-adds")
     spos.add_argument("--params-limit", type=_positive(float), default=None, metavar="M",
                       help="parameter budget in millions")
-    spos.add_argument("--population", type=_positive(), default=None)
-    spos.add_argument("--generations", type=_positive(), default=None)
+    spos.add_argument("--population", type=_positive(most=MAX_POPULATION), default=None)
+    spos.add_argument("--generations", type=_positive(most=MAX_GENERATIONS),
+                      default=None)
     spos.add_argument("--sampling", choices=("window", "uniform"), default=None,
                       help="supernet paths: inside the FLOPs window around the budget "
                            "(default, as the official code trains) or from the whole space")
     pnas = methods.add_parser("pnas", parents=[common], help="progressive cell search")
     pnas.add_argument("--preset", choices=list(PRESETS), default=None)
-    pnas.add_argument("--blocks", type=_positive(), default=None, help="blocks per cell B")
-    pnas.add_argument("--beam", type=_positive(), default=None, help="children kept per level K")
+    pnas.add_argument("--blocks", type=_positive(most=MAX_BLOCKS), default=None,
+                      help="blocks per cell B")
+    pnas.add_argument("--beam", type=_positive(most=MAX_BEAM), default=None,
+                      help="children kept per level K")
     pnas.add_argument("--predictor", choices=("lstm", "mlp-ensemble"), default=None)
     pnas.add_argument("--oracle", choices=("train", "table"), default=None,
                       help="train each child, or read its accuracy from the ground-truth table")
@@ -258,6 +279,7 @@ def _info(args) -> int:
 
 
 def _train(args) -> int:
+    from .checkpoints import write_json
     from .config import get_preset
     from .genotypes import resolve
     from .runfolders import check_new, clear
@@ -274,8 +296,8 @@ def _train(args) -> int:
     if args.overwrite:
         clear(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "genotype.json").write_text(genotype.to_json(indent=1) + "\n")
-    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
+    write_json(out / "genotype.json", genotype.to_dict())  # atomic, like every run file
+    write_json(out / "history.json", history.to_dict())
     svg = save_svg(draw_genotype(genotype), out / "cell.svg")
     html = save_html(plot_history(history, f"{args.genotype} on {preset.dataset}"),
                      out / "curves.html")
@@ -340,8 +362,8 @@ def _expected(e: BaseException) -> str | None:
 
     from .data import DatasetUnavailable
     from .genotypes import GenotypeError
-    from .pc_darts import SearchDiverged
     from .tables import TableError
+    from .training import Diverged  # pc_darts.SearchDiverged is one
 
     oom = isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e))  # torch's CPU OOM
@@ -352,7 +374,7 @@ def _expected(e: BaseException) -> str | None:
                 f"--device")
     # Every library check raises ValueError (GenotypeError, RunFolderError, config checks) or
     # one of these; an unexpected ValueError still shows its traceback with --debug.
-    if isinstance(e, (CLIError, GenotypeError, DatasetUnavailable, TableError, SearchDiverged,
+    if isinstance(e, (CLIError, GenotypeError, DatasetUnavailable, TableError, Diverged,
                       ValueError, FileNotFoundError)):
         return _one_line(e)
     return None

@@ -59,11 +59,12 @@ from .genotypes import Genotype
 from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
 from .checkpoints import save, write_json
 from .runfolders import RunFolderError, read_checkpoint
-from .training import History, autocast, evaluate
+from .training import Diverged, History, autocast, evaluate
 
 
-class SearchDiverged(RuntimeError):
-    """A NaN or Inf in the loss or in alpha/beta; the last good checkpoint is kept."""
+class SearchDiverged(Diverged):
+    """A NaN or Inf in the loss or in alpha/beta; the last good checkpoint is kept (a
+    :class:`~nas_tutorial.training.Diverged`, like the other methods' training)."""
 
 
 # -- the supernet ------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from .genotypes import Genotype
 from .network import NetworkCIFAR
 from .ops import OPS, PNAS_OPS
 from .checkpoints import finite, write_json
-from .training import evaluate, train
+from .training import Diverged, diverged, evaluate, train
 
 MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
 PREDICTORS = ("lstm", "mlp-ensemble")
@@ -462,23 +462,29 @@ class ChildTrainer:
         return NetworkCIFAR(Genotype.from_cell(cell), self.config.channels, ds.num_classes,
                             self.config.layers, in_channels=ds.shape[0])
 
-    def _train_one(self, model, seed, slot) -> float:
+    def _train_one(self, model, seed, slot, cell) -> float:
         cfg = replace(self.config.train, seed=seed)
         stream = torch.cuda.stream(self._streams[slot]) if self._streams else _cpu_threads(1)
         with stream:
-            train(model, self.train_set, cfg, device=self.device, progress=False)
+            try:
+                train(model, self.train_set, cfg, device=self.device, progress=False)
+            except Diverged as e:  # name the child; search() adds the kept checkpoint
+                raise diverged(f"PNAS child {cell_key(cell)}", e.epoch, e.nonfinite,
+                               hint=e.hint) from None
             return evaluate(model, self.valid_set, self.device, amp=cfg.amp)[1]
 
     def __call__(self, cells) -> list:
+        """Validation accuracies of ``cells``; a child whose training meets a NaN/Inf
+        raises :class:`~nas_tutorial.training.Diverged` (never a chance-level accuracy)."""
         models = [self.build(c) for c in cells]
         seeds = [child_seed(c, self.config.seed) for c in cells]
         if self.workers == 1 or len(cells) == 1:
-            return [self._train_one(m, s, 0) for m, s in zip(models, seeds)]
+            return [self._train_one(m, s, 0, c) for m, s, c in zip(models, seeds, cells)]
         if self._streams:
             torch.cuda.synchronize(self.device)  # the shared data is ready for every stream
         with ThreadPoolExecutor(self.workers) as pool:
-            futures = [pool.submit(self._train_one, m, s, k % self.workers)
-                       for k, (m, s) in enumerate(zip(models, seeds))]
+            futures = [pool.submit(self._train_one, m, s, k % self.workers, c)
+                       for k, (m, s, c) in enumerate(zip(models, seeds, cells))]
             return [f.result() for f in futures]
 
 
@@ -683,7 +689,16 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
         todo = [c for c in cells if cell_key(c) not in cache]
         for s in range(0, len(todo), batch):
             chunk = todo[s:s + batch]
-            for c, acc in zip(chunk, train_fn(chunk)):
+            try:
+                accuracies = train_fn(chunk)
+            except Diverged as e:  # the checkpoint of the children before this batch stays
+                kept = (f"{len(cache)} children, {run_dir / 'checkpoint.json'}"
+                        if run_dir is not None and (run_dir / "checkpoint.json").is_file()
+                        else None)
+                raise diverged(getattr(e, "what", "a PNAS child"), getattr(e, "epoch", "?"),
+                               getattr(e, "nonfinite", "loss"), kept,
+                               getattr(e, "hint", "a lower lr")) from None
+            for c, acc in zip(chunk, accuracies):
                 cache[cell_key(c)] = float(acc)
             result.trained += len(chunk)
             if run_dir is not None:
@@ -845,7 +860,7 @@ def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, o
             rf.clear(run_dir)
     result = search(config, run_dir=run_dir, resume=resume is not None, device=device)
     best = result.best
-    result.best_genotype.to_json(run_dir / "best_cell.json", indent=1)
+    write_json(run_dir / "best_cell.json", result.best_genotype.to_dict())  # atomic
     write_json(run_dir / "cells.json", result.to_dict())
     write_json(run_dir / "summary.json", summary(result))
     files = {

@@ -40,7 +40,7 @@ from torch import nn
 
 from .data import DeviceLoader, holdout, load, resolve_device, split
 from .checkpoints import save, write_json
-from .training import autocast, progress_bar
+from .training import autocast, diverged, nonfinite, progress_bar
 
 CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception")  # index = choice
 PUBLISHED_PATH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)  # Table 3
@@ -465,6 +465,11 @@ class SPOSConfig:
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, "
                              f"got {self.sampling!r}")
+        for name in ("flops_limit", "params_limit"):  # before any training, not after it
+            limit = getattr(self, name)
+            if limit is not None and not 0 < limit < math.inf:  # NaN fails it too
+                raise ValueError(f"{name} must be a positive finite number of millions "
+                                 f"(or None), got {limit!r}")
 
 
 # What decides a supernet's weights; the search settings (population, recalibration, ...) do
@@ -573,6 +578,9 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
     ``checkpoint`` (a file) is written after every epoch and resumed from when it exists;
     once training is finished it keeps only the weights, the history and the settings (the
     optimizer state is of no further use), which is what :func:`load_supernet` reads.
+    A NaN/Inf in the loss or the weights (checked once per epoch, from a flag kept on the
+    device) raises :class:`~nas_tutorial.training.Diverged` before that epoch's checkpoint
+    is written: the previous one stays, and no search runs on a broken supernet.
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
@@ -611,6 +619,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         supernet.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        finite = torch.ones((), device=device, dtype=torch.bool)
         first = []
         for x, y in loader:
             path = sample_path(cfg.supernet, rng, cfg.sampling == "window",
@@ -619,9 +628,17 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
             scheduler.step()
             loss_sum += loss.detach().float() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
+            finite &= torch.isfinite(loss.detach())  # on the device: no sync per step
             if epoch == 0 and len(first) < FIRST_STEPS:
                 first.append(loss.detach().float())
             bar.update(1)
+        bad = nonfinite(finite, supernet)  # read with the epoch's loss and accuracy
+        if bad is not None:
+            bar.close()
+            kept = (f"epoch {epoch}, {checkpoint}" if checkpoint is not None and epoch > 0
+                    else None)
+            raise diverged("supernet training", epoch + 1, bad, kept,
+                           hint=f"a lower lr than {cfg.lr:g}")
         if first:
             # The losses of the first steps name a training run (init, data order, paths,
             # lr): measured, one and two CPU threads agree to 1e-6 over the first six steps,

@@ -6,7 +6,9 @@ from a :class:`~nas_tutorial.data.DeviceLoader`, bf16 autocast on CUDA, channels
 both devices (measured on 2 CPU threads for the quick networks: 1.2-1.4x faster training
 steps and 2x faster evaluation than NCHW, ``benchmarks/bench_training.py``),
 and no host sync inside an epoch (losses and accuracies accumulate on the device and are
-read once per epoch).
+read once per epoch). A NaN or Inf in the loss is found the same way: a device-side flag is
+read once per epoch, and training stops with :class:`Diverged` (every search's loop does
+the same).
 """
 from __future__ import annotations
 
@@ -20,6 +22,35 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset, resolve_device
+
+
+class Diverged(RuntimeError):
+    """Training met a NaN or Inf and stopped; the last good checkpoint, where there is one,
+    is kept. The message is one line: what diverged, the epoch, what was non-finite, the
+    kept checkpoint and what to try. Attributes hold the parts (see :func:`diverged`)."""
+
+
+def diverged(what: str, epoch: int, nonfinite: str, kept=None, hint: str = "a lower lr",
+             cls=Diverged) -> Diverged:
+    """The error a loop raises when its once-per-epoch check finds a NaN/Inf.
+
+    ``what``: the run ("training", "supernet training", "PNAS child ..."); ``nonfinite``:
+    what held it ("loss", "weights"); ``kept``: the last good checkpoint (None: none)."""
+    where = (f"the last good checkpoint ({kept}) is kept" if kept is not None
+             else "no checkpoint was kept")
+    e = cls(f"{what} diverged in epoch {epoch}: NaN/Inf in the {nonfinite}; {where}; "
+            f"try {hint}")
+    e.what, e.epoch, e.nonfinite, e.kept, e.hint = what, epoch, nonfinite, kept, hint
+    return e
+
+
+def nonfinite(loss_ok: torch.Tensor, model: nn.Module) -> str | None:
+    """"loss", "weights" or None: one host sync for the flag ``loss_ok`` (accumulated on the
+    device over an epoch, ``ok &= isfinite(loss)``) and every parameter of ``model``."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    weights_ok = torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
+    loss_ok, weights_ok = torch.stack([loss_ok.to(weights_ok.device), weights_ok]).tolist()
+    return None if loss_ok and weights_ok else ("loss" if not loss_ok else "weights")
 
 
 @dataclass
@@ -95,7 +126,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     """Train ``model`` on ``data`` (an :class:`ImageDataset`, or a ``(train, valid)`` pair).
 
     ``callback(history)`` runs after every epoch (a live plot, a checkpoint). Returns the
-    :class:`History`. The model is left on ``device`` in eval mode.
+    :class:`History`. The model is left on ``device`` in eval mode. A NaN/Inf in the loss or
+    the weights raises :class:`Diverged` at the end of its epoch, before the callback: a
+    checkpoint the callback wrote stays the last good one.
     """
     config = config or TrainConfig()
     if isinstance(data, tuple):
@@ -128,6 +161,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        finite = torch.ones((), device=device, dtype=torch.bool)
         seen = 0
         for step, (x, y) in enumerate(loader):
             if step == steps:
@@ -143,10 +177,15 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            finite &= torch.isfinite(loss.detach())  # on the device: no sync per step
             loss_sum += loss.detach().float() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
             bar.update(1)
+        bad = nonfinite(finite, model)  # read with the epoch's other numbers
+        if bad is not None:
+            bar.close()
+            raise diverged("training", epoch + 1, bad, hint=f"a lower lr than {config.lr:g}")
         history.epoch.append(epoch + 1)
         history.lr.append(scheduler.get_last_lr()[0])
         scheduler.step()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .checkpoints import atomic_write
+
 # One colour per op, shared by every drawing and legend (colour-blind-safe-ish palette).
 OP_COLORS = {
     "none": "#bbbbbb",
@@ -136,16 +138,17 @@ def save_svg(graph, path) -> Path | None:
         print(f"graphviz 'dot' not found: skipped {path.name} (install graphviz to draw cells)")
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(graph.pipe(format="svg"))
-    return path
+    svg = graph.pipe(format="svg")
+    return atomic_write(path, lambda p: p.write_bytes(svg))  # all of it or the old file
 
 
 def save_html(fig, path) -> Path:
-    """Write a plotly figure as a self-contained HTML file (plotly.js inlined: offline)."""
+    """Write a plotly figure as a self-contained HTML file (plotly.js inlined: offline),
+    atomically: an interrupted write leaves the previous file, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    return atomic_write(path, lambda p: fig.write_html(str(p), include_plotlyjs=True,
+                                                       full_html=True))
 
 
 # -- training curves ----------------------------------------------------------------------

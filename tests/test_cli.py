@@ -282,3 +282,54 @@ def test_device_reaches_the_functions_that_compute(monkeypatch, tmp_path, verb, 
     # passed on as given or already resolved: the same device either way
     assert [resolve_device(d) for d in seen] == [resolve_device(device)]
     assert not (tmp_path / "run").exists()
+
+
+# -- issue 16, rest: values refused before any work, divergence of train ------------------------
+@pytest.mark.parametrize("argv, words", [
+    (["search", "spos", "--flops-limit", "nan"], "--flops-limit: expected a positive number, got 'nan'"),
+    (["search", "spos", "--flops-limit", "inf"], "--flops-limit: expected a positive number, got 'inf'"),
+    (["search", "spos", "--flops-limit", "-1"], "--flops-limit: expected a positive number"),
+    (["search", "spos", "--params-limit", "NaN"], "--params-limit: expected a positive number"),
+    (["search", "spos", "--params-limit=-inf"], "--params-limit: expected a positive number"),
+    (["search", "pnas", "--seed", str(2 ** 63)], "--seed: expected a whole number from 0 to 4,294,967,295"),
+    (["train", "DARTS_V2", "--seed", str(2 ** 64)], "--seed: expected a whole number from 0 to"),
+    (["search", "spos", "--population", "10001"], "--population: expected a number from 1 to 10,000, got '10001'"),
+    (["search", "spos", "--generations", "100000"], "--generations: expected a number from 1 to 10,000"),
+    (["search", "pnas", "--blocks", "6"], "--blocks: expected a number from 1 to 5, got '6'"),
+    (["search", "pnas", "--beam", "1000000"], "--beam: expected a number from 1 to 10,000"),
+    (["search", "pc-darts", "--epochs", "1000000"], "--epochs: expected a number from 1 to 10,000"),
+    (["train", "DARTS_V2", "--epochs", "99999"], "--epochs: expected a number from 1 to 10,000"),
+    (["info", "DARTS_V2", "--layers", "1000000000"], "--layers: expected a number from 1 to 1,000"),
+])
+def test_absurd_values_are_refused_at_once_with_the_range(capsys, tmp_path, monkeypatch, argv,
+                                                          words):
+    """Before: --flops-limit nan trained 5 minutes, then 'min() arg is an empty sequence'; a
+    seed over 2**63 failed after 10 PNAS children; no bound on population or layers."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and words in one_line(err) and out == ""
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_spos_config_refuses_a_nan_budget():
+    from nas_tutorial import spos
+
+    with pytest.raises(ValueError, match="flops_limit must be a positive finite number"):
+        spos.get_config("quick", flops_limit=float("nan"))
+    with pytest.raises(ValueError, match="params_limit must be a positive finite number"):
+        spos.get_config("quick", params_limit=float("inf"))
+
+
+def test_a_diverged_train_is_one_line_and_creates_no_folder(capsys, monkeypatch, tmp_path):
+    from nas_tutorial import training
+
+    def diverge(*args, **kw):
+        raise training.diverged("training", 2, "loss", hint="a lower lr than 0.05")
+
+    monkeypatch.setattr(training, "train_genotype", diverge)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "DARTS_V2", "--preset", "quick", "--out", str(out))
+    assert code == 2 and one_line(err) == (
+        "nas-tutorial: error: training diverged in epoch 2: NaN/Inf in the loss; no "
+        "checkpoint was kept; try a lower lr than 0.05")
+    assert not out.exists()

@@ -116,3 +116,30 @@ def test_one_thread_rule_for_the_notebooks_and_the_cli(monkeypatch):
         assert notebook.set_threads(None) == 1  # None keeps what is set
     finally:
         torch.set_num_threads(old)
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    """save_html / save_svg write a temporary file and rename it: a write that fails half
+    way leaves the previous figure, not half of one (issue 16)."""
+    from nas_tutorial import viz
+
+    class Broken:
+        def write_html(self, path, **kw):
+            with open(path, "w") as f:
+                f.write("<html>half")
+            raise KeyboardInterrupt
+
+    target = tmp_path / "curves.html"
+    target.write_text("previous")
+    with pytest.raises(KeyboardInterrupt):
+        viz.save_html(Broken(), target)
+    assert target.read_text() == "previous"
+
+    class Graph:
+        def pipe(self, format):
+            return b"<svg/>"
+
+    monkeypatch.setattr(viz, "has_dot", lambda: True)
+    assert viz.save_svg(Graph(), tmp_path / "cell.svg").read_bytes() == b"<svg/>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.svg", "curves.html",
+                                                          "curves.html.tmp"]

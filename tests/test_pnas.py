@@ -5,6 +5,7 @@ milliseconds; one test trains real children on digits.
 """
 import json
 import math
+import re
 import zlib
 from dataclasses import replace
 
@@ -380,3 +381,34 @@ def test_cli_resume_continues_with_the_saved_settings_and_refuses_contradictions
                      "--device", "cpu"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["seed"] == 3 and s["best_cell"] == done.best["key"]
+
+
+def test_a_diverged_child_stops_the_search_and_keeps_the_checkpoint(tmp_path):
+    """A child whose training meets a NaN: the search stops (no 'best' cell from chance-level
+    children), naming the child and the checkpoint of the children trained before it."""
+    class Diverging(FakeTrainer):
+        def __call__(self, cells):
+            if len(self.trained) >= 4:
+                raise nt.training.diverged(f"PNAS child {pnas.cell_key(cells[0])}", 2, "loss",
+                                           hint="a lower lr than 1e+12")
+            return super().__call__(cells)
+
+    out = tmp_path / "run"
+    with pytest.raises(nt.training.Diverged) as caught:
+        pnas.search(tiny(), train_fn=Diverging(), run_dir=out, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("PNAS child ")
+    assert message.endswith(f"diverged in epoch 2: NaN/Inf in the loss; the last good checkpoint "
+                            f"(4 children, {out / 'checkpoint.json'}) is kept; try a lower lr "
+                            f"than 1e+12")
+    assert len(json.loads((out / "checkpoint.json").read_text())["children"]) == 4
+
+
+def test_a_real_child_with_a_huge_lr_raises_diverged_naming_it():
+    config = replace(pnas.PNAS_PRESETS["quick"], ops=("max_pool_3x3",), workers=1,
+                     train=replace(pnas.PNAS_PRESETS["quick"].train, epochs=1, lr=1e12,
+                                   grad_clip=1e30))
+    cell = pnas.one_block_cells(config.ops)[0]
+    with pytest.raises(nt.training.Diverged, match=re.escape(
+            f"PNAS child {pnas.cell_key(cell)} diverged in epoch 1: NaN/Inf")):
+        pnas.ChildTrainer(config, "cpu")([cell])

@@ -520,3 +520,43 @@ def test_strict_json_has_no_nan(tmp_path):
 
     write_json(tmp_path / "a.json", {"x": [float("nan"), 1.0, {"y": float("inf")}]}, strict=True)
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [None, 1.0, {"y": None}]}
+
+
+def test_a_nan_in_supernet_training_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """A NaN loss in epoch 2: Diverged in one line (epoch, what, kept checkpoint, lower lr),
+    the epoch-1 checkpoint stays, finite; no search can run on the broken supernet."""
+    forward = spos.Supernet.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, path=None):
+        calls["n"] += 1
+        out = forward(self, x, path)
+        return out * float("nan") if calls["n"] > 4 else out  # 64 images / 16: 4 steps
+
+    monkeypatch.setattr(spos.Supernet, "forward", poisoned)
+    ckpt = tmp_path / "supernet.pt"
+    with pytest.raises(nt.training.Diverged) as caught:
+        spos.train_supernet(spos.Supernet(TINY), _data(64), TINY_CFG, "cpu", ckpt,
+                            progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(
+        "supernet training diverged in epoch 2: NaN/Inf in the loss; the last good "
+        f"checkpoint (epoch 1, {ckpt}) is kept; try a lower lr than 0.05")
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                       if v.dtype.is_floating_point)
+
+
+def test_cli_spos_search_after_nan_is_one_line_and_writes_no_result(tmp_path, capsys,
+                                                                    monkeypatch):
+    """Before: every path scored at chance and a 'best' path came back with exit 0."""
+    def diverge(supernet, train_ds, cfg, device, checkpoint, progress=True):
+        raise nt.training.diverged("supernet training", 1, "loss", hint="a lower lr than 1")
+
+    monkeypatch.setattr(spos, "train_supernet", diverge)
+    out = tmp_path / "run"
+    assert main(["search", "spos", "--preset", "quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nas-tutorial: error: supernet training diverged in epoch 1: NaN/Inf in the "
+                   "loss; no checkpoint was kept; try a lower lr than 1"]
+    assert not (out / "best_path.json").exists() and not (out / "summary.json").exists()

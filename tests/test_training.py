@@ -62,3 +62,32 @@ def test_presets():
     assert (quick.dataset, quick.image_size, quick.train_images) == ("fashion_mnist", 16, 5000)
     full = nt.get_preset("full")
     assert (full.channels, full.layers, full.train.epochs, full.train.batch_size) == (36, 20, 600, 96)
+
+
+def test_a_nan_loss_stops_training_with_one_line():
+    """A huge lr makes the loss NaN/Inf: training stops at the end of that epoch with
+    Diverged (one line: epoch, what, what to try) instead of returning a chance-level model."""
+    data = nt.data.load("digits")
+    seen = []
+    with pytest.raises(nt.training.Diverged) as caught:
+        nt.train(_tiny_model(), data, replace(TINY, lr=1e12, grad_clip=1e30), progress=False,
+                 callback=lambda h: seen.append(len(h.epoch)))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("training diverged in epoch 1: NaN/Inf")
+    assert "try a lower lr than 1e+12" in message and caught.value.epoch == 1
+    assert seen == []  # the callback (a checkpoint) never sees the diverged epoch
+
+
+def test_the_nan_check_reads_the_flag_once_per_epoch(monkeypatch):
+    """The finite check adds no host sync per step: the loop's device flag is read by
+    nonfinite() once an epoch, and a finite run passes it."""
+    calls = []
+    check = nt.training.nonfinite
+    monkeypatch.setattr(nt.training, "nonfinite", lambda *a: calls.append(1) or check(*a))
+    nt.train(_tiny_model(), nt.data.load("digits"), TINY, progress=False)
+    assert len(calls) == TINY.epochs
+    model = _tiny_model()
+    assert check(torch.tensor(False), model) == "loss"
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")
+    assert check(torch.tensor(True), model) == "weights"
