@@ -103,7 +103,7 @@ def _pnas_spec(preset: str, device) -> Spec:
         cell = _cell(cell)
         jobs = [(trainer(s), trainer(s).build(cell), pnas.child_seed(cell, s)) for s in seeds]
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = [pool.submit(t._train_one, model, cs, 0) for t, model, cs in jobs]
+            futures = [pool.submit(t._train_one, model, cs, 0, cell) for t, model, cs in jobs]
             return [f.result() for f in futures]
 
     protocol = pnas.child_protocol(config)

@@ -196,8 +196,9 @@ def test_bad_parameters_are_clear_errors(bad, match):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    assert cli_main(["search", "pnas", "--preset", "quick", "--blocks", "99"]) == 2
-    assert "blocks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused by the parser, before any work
+        cli_main(["search", "pnas", "--preset", "quick", "--blocks", "99"])
+    assert e.value.code == 2 and "blocks" in capsys.readouterr().err
     assert cli_main(["search", "pnas", "--preset", "quick", "--resume",
                      str(tmp_path / "missing")]) == 2
     with pytest.raises(SystemExit) as e:
