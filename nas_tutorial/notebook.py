@@ -233,13 +233,54 @@ def NotebookBar(*args, **kwargs):
     return cls(*args, **kwargs)
 
 
+LONG_RUN_S = 3600     # a run estimated longer than this gets a one-line warning
+ESTIMATE_AFTER = 3    # steps timed before the estimate
+
+
 def progress_bar(total=None, desc: str = "", enabled: bool = True, **kwargs):
-    """The project's progress bar: :func:`NotebookBar` in a kernel, tqdm text elsewhere."""
+    """The project's progress bar: :func:`NotebookBar` in a kernel, tqdm text elsewhere.
+    After its first :data:`ESTIMATE_AFTER` steps it estimates the whole run once; above
+    :data:`LONG_RUN_S` it says so in one line (a ``full`` preset started on a CPU would
+    otherwise run for hours without a word)."""
     kwargs.setdefault("leave", True)
     if enabled and in_kernel():
-        return NotebookBar(total=total, desc=desc, **kwargs)
-    return _bar_base()(total=total, desc=desc, disable=not enabled, **kwargs)
+        bar = NotebookBar(total=total, desc=desc, **kwargs)
+    else:
+        bar = _bar_base()(total=total, desc=desc, disable=not enabled, **kwargs)
+    return _with_estimate(bar)
+
+
+def run_estimate(elapsed: float, done: int, total: int) -> str | None:
+    """The warning for a run that has taken ``elapsed`` seconds for ``done`` of ``total``
+    steps, or None when it will end within :data:`LONG_RUN_S`."""
+    if not done or not total:
+        return None
+    per_step = elapsed / done
+    whole = per_step * total
+    if whole <= LONG_RUN_S:
+        return None
+    return (f"this run will take about {whole / 3600:.1f} h at its present pace ({per_step:.2g} s "
+            f"a step, {total:,} steps); on a CPU, --preset quick (or the quick preset in a "
+            f"notebook) runs in minutes")
+
+
+def _with_estimate(bar):
+    update = bar.update
+    state = {"done": False}
+
+    def update_and_estimate(n=1):
+        out = update(n)
+        if not state["done"] and bar.total and bar.n >= ESTIMATE_AFTER:
+            state["done"] = True  # once: an estimate, not a running commentary
+            note = run_estimate(bar.format_dict["elapsed"], bar.n - bar.initial, bar.total
+                                - bar.initial)
+            if note:
+                bar.write(f"{bar.desc}: {note}")
+        return out
+
+    bar.update = update_and_estimate
+    return bar
 
 
 __all__ = ["setup", "set_threads", "in_kernel", "controls", "show_widget", "progress_bar",
-           "NotebookBar", "STATIC_ENV"]
+           "run_estimate", "NotebookBar", "STATIC_ENV"]

@@ -482,10 +482,21 @@ class ChildTrainer:
             return [self._train_one(m, s, 0, c) for m, s, c in zip(models, seeds, cells)]
         if self._streams:
             torch.cuda.synchronize(self.device)  # the shared data is ready for every stream
-        with ThreadPoolExecutor(self.workers) as pool:
+        from .training import STOP
+
+        pool = ThreadPoolExecutor(self.workers)
+        try:
             futures = [pool.submit(self._train_one, m, s, k % self.workers, c)
                        for k, (m, s, c) in enumerate(zip(models, seeds, cells))]
             return [f.result() for f in futures]
+        except BaseException:
+            # Ctrl-C or a diverged child: the children in flight stop at their next step
+            # instead of training to the end (a full-preset child takes minutes)
+            STOP.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            STOP.clear()
 
 
 class TableMissing(ValueError):

@@ -399,6 +399,7 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
         raise TableError(f"seeds must be at least 1, got {seeds}")
     device = resolve_device(device)
     out = Path(out) if out is not None else default_path(method, preset)
+    _check_table_file(out)
     if out.exists() and not resume:
         raise TableError(f"{out} exists; continue it with --resume or name another --out")
     if resume and not out.is_file():
@@ -462,6 +463,23 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
         return table
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _check_table_file(out: Path) -> None:
+    """A table file ``out`` must be writable before hours of training: not a folder, not
+    under a file, in a folder that exists or can be made and can be written."""
+    import os
+
+    if out.is_dir():
+        raise TableError(f"{out} is a folder; --out names the table's JSON file, "
+                         f"e.g. {out / 'table.json'}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TableError(f"cannot write {out}: {parent} is a file; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TableError(f"cannot write {out}: {parent} is not writable; choose another --out")
 
 
 def cli_table(method, preset="quick", seeds=2, out=None, resume=False, threads=None,

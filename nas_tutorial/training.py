@@ -13,6 +13,7 @@ the same).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -22,6 +23,11 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset, resolve_device
+
+
+# Set to stop every training running in a thread at its next step (a pool of PNAS children
+# on Ctrl-C or on a diverged sibling): a Python flag, so checking it costs no host sync.
+STOP = threading.Event()
 
 
 class Diverged(RuntimeError):
@@ -166,6 +172,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
         for step, (x, y) in enumerate(loader):
             if step == steps:
                 break
+            if STOP.is_set():
+                bar.close()
+                raise KeyboardInterrupt("stopped: a run beside this one was interrupted")
             with autocast(device, config.amp):
                 out = model(x)
                 logits = _logits(out)

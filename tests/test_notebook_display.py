@@ -143,3 +143,23 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
     assert viz.save_svg(Graph(), tmp_path / "cell.svg").read_bytes() == b"<svg/>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.svg", "curves.html",
                                                           "curves.html.tmp"]
+
+
+def test_a_long_run_is_announced_once_after_its_first_steps(capsys):
+    """A run estimated over an hour says so in one line after its first steps (a full
+    preset started on a CPU); a short one says nothing."""
+    from nas_tutorial.notebook import ESTIMATE_AFTER, progress_bar, run_estimate
+
+    assert run_estimate(30.0, 3, 100) is None            # 1,000 s in all
+    assert "about 2.8 h" in run_estimate(30.0, 3, 1000)   # 10,000 s
+    bar = progress_bar(1000, "search")
+    bar.start_t -= 30.0  # as if the first steps had taken 30 s
+    bar.update(ESTIMATE_AFTER)
+    bar.update(5)
+    bar.close()
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("this run will take about") == 1 and "--preset quick" in text
+    quiet = progress_bar(1000, "search", enabled=False)
+    quiet.update(10)
+    assert "this run will take" not in "".join(capsys.readouterr())

@@ -413,3 +413,32 @@ def test_a_real_child_with_a_huge_lr_raises_diverged_naming_it():
     with pytest.raises(nt.training.Diverged, match=re.escape(
             f"PNAS child {pnas.cell_key(cell)} diverged in epoch 1: NaN/Inf")):
         pnas.ChildTrainer(config, "cpu")([cell])
+
+
+def test_ctrl_c_stops_the_children_in_flight(monkeypatch):
+    """Ctrl-C while children train side by side: the others stop at their next step (they
+    watch training.STOP), not after their whole training; the flag is cleared afterwards."""
+    import time
+
+    from nas_tutorial import training
+
+    trainer = pnas.ChildTrainer(pnas.get_config("quick"), "cpu", workers=2)
+    stopped = []
+
+    def fake(model, seed, slot, cell):
+        if slot == 0:
+            time.sleep(0.2)
+            raise KeyboardInterrupt
+        t0 = time.perf_counter()
+        while not training.STOP.is_set() and time.perf_counter() - t0 < 30:
+            time.sleep(0.01)  # a long training, one step at a time
+        stopped.append(time.perf_counter() - t0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_train_one", fake)
+    cells = pnas.random_cells(2, 1, trainer.config.ops, seed=0)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        trainer(cells)
+    assert time.perf_counter() - t0 < 5 and stopped and stopped[0] < 5
+    assert not training.STOP.is_set()

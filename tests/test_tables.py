@@ -199,3 +199,28 @@ def test_retrain_trains_with_the_spec_and_refuses_a_stale_table(monkeypatch):
     with pytest.raises(TableError, match="another protocol"):
         tables.retrain("pc-darts", {"normal": []}, table=stale)
     assert len(calls) == 1  # refused before training
+
+
+@pytest.mark.parametrize("kind", ["folder", "under-a-file", "read-only"])
+def test_table_out_is_checked_before_any_training(tmp_path, monkeypatch, capsys, kind):
+    """A table file that cannot be written is refused in one line, before training."""
+    import os
+
+    calls = []
+    monkeypatch.setitem(tables._SPECS, "pnas", _fake_spec(calls))
+    if kind == "folder":
+        out = tmp_path / "dir"
+        out.mkdir()
+    elif kind == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "t.json"
+    else:
+        (tmp_path / "ro").mkdir()
+        out = tmp_path / "ro" / "t.json"
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: False if str(p).endswith("ro")
+                            else real(p, m))
+    assert cli_main(["table", "pnas", "--out", str(out), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and ("folder" in err or "cannot write" in err)
+    assert calls == []

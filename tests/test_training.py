@@ -91,3 +91,20 @@ def test_the_nan_check_reads_the_flag_once_per_epoch(monkeypatch):
     with torch.no_grad():
         next(model.parameters())[0] = float("inf")
     assert check(torch.tensor(True), model) == "weights"
+
+
+def test_stop_flag_ends_a_training_at_its_next_step():
+    from nas_tutorial import training
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    data = nt.data.load("digits")
+    training.STOP.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nt.train(model, data, nt.TrainConfig(epochs=1, batch_size=32), device="cpu",
+                     progress=False)
+    finally:
+        training.STOP.clear()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step taken
