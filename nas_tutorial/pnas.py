@@ -46,9 +46,9 @@ import math
 import time
 import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ from .genotypes import Genotype
 from .network import NetworkCIFAR
 from .ops import OPS, PNAS_OPS
 from .checkpoints import finite, write_json
-from .training import Diverged, diverged, evaluate, train
+from .training import Diverged, diverged, evaluate, run_threads, train
 
 MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
 PREDICTORS = ("lstm", "mlp-ensemble")
@@ -482,21 +482,11 @@ class ChildTrainer:
             return [self._train_one(m, s, 0, c) for m, s, c in zip(models, seeds, cells)]
         if self._streams:
             torch.cuda.synchronize(self.device)  # the shared data is ready for every stream
-        from .training import STOP
-
-        pool = ThreadPoolExecutor(self.workers)
-        try:
-            futures = [pool.submit(self._train_one, m, s, k % self.workers, c)
-                       for k, (m, s, c) in enumerate(zip(models, seeds, cells))]
-            return [f.result() for f in futures]
-        except BaseException:
-            # Ctrl-C or a diverged child: the children in flight stop at their next step
-            # instead of training to the end (a full-preset child takes minutes)
-            STOP.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            STOP.clear()
+        # Ctrl-C or a diverged child: the children in flight stop at their next step
+        # instead of training to the end (a full-preset child takes minutes)
+        return run_threads([partial(self._train_one, m, s, k % self.workers, c)
+                            for k, (m, s, c) in enumerate(zip(models, seeds, cells))],
+                           self.workers)
 
 
 class TableMissing(ValueError):

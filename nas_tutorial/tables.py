@@ -97,14 +97,16 @@ def _pnas_spec(preset: str, device) -> Spec:
 
     def train_seeds(cell, seeds):
         # Models are built (seeded) here, trained in threads: as ChildTrainer does, so the
-        # accuracies equal those of one-by-one training (the PNAS tests check this).
-        from concurrent.futures import ThreadPoolExecutor
+        # accuracies equal those of one-by-one training (the PNAS tests check this); Ctrl-C
+        # stops every seed at its next step (training.run_threads).
+        from functools import partial
+
+        from .training import run_threads
 
         cell = _cell(cell)
         jobs = [(trainer(s), trainer(s).build(cell), pnas.child_seed(cell, s)) for s in seeds]
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = [pool.submit(t._train_one, model, cs, 0, cell) for t, model, cs in jobs]
-            return [f.result() for f in futures]
+        return run_threads([partial(t._train_one, model, cs, 0, cell) for t, model, cs in jobs],
+                           len(jobs))
 
     protocol = pnas.child_protocol(config)
     return Spec("pnas", rows, protocol, measure,

@@ -30,6 +30,24 @@ from .data import DeviceLoader, ImageDataset, resolve_device
 STOP = threading.Event()
 
 
+def run_threads(calls, workers: int) -> list:
+    """Run ``calls`` (callables without arguments, each a training) in ``workers`` threads;
+    their results in order. On Ctrl-C, or when one call raises, :data:`STOP` makes the
+    trainings in flight stop at their next step instead of running to their end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers)
+    try:
+        futures = [pool.submit(call) for call in calls]
+        return [f.result() for f in futures]
+    except BaseException:
+        STOP.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        STOP.clear()
+
+
 class Diverged(RuntimeError):
     """Training met a NaN or Inf and stopped; the last good checkpoint, where there is one,
     is kept. The message is one line: what diverged, the epoch, what was non-finite, the

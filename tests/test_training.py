@@ -108,3 +108,30 @@ def test_stop_flag_ends_a_training_at_its_next_step():
     finally:
         training.STOP.clear()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step taken
+
+
+def test_run_threads_stops_the_others_when_one_fails():
+    """One training raising (Ctrl-C, divergence) stops those in flight at their next step:
+    they see training.STOP, and it is cleared afterwards."""
+    import time
+
+    from nas_tutorial import training
+
+    seen = []
+
+    def fails():
+        time.sleep(0.1)
+        raise ValueError("boom")
+
+    def long_training():
+        t0 = time.perf_counter()
+        while not training.STOP.is_set() and time.perf_counter() - t0 < 30:
+            time.sleep(0.01)
+        seen.append(time.perf_counter() - t0)
+
+    assert training.run_threads([lambda: 1, lambda: 2], 2) == [1, 2]
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="boom"):
+        training.run_threads([fails, long_training], 2)
+    assert time.perf_counter() - t0 < 5 and seen and seen[0] < 5
+    assert not training.STOP.is_set()
