@@ -270,10 +270,12 @@ def _with_estimate(bar):
 
     def update_and_estimate(n=1):
         out = update(n)
-        if not state["done"] and bar.total and bar.n >= ESTIMATE_AFTER:
+        if bar.disable or state["done"] or not bar.total:
+            return out  # a silent bar stays silent (a disabled tqdm keeps no `initial`)
+        first = getattr(bar, "initial", 0)  # a resumed run's bar starts past 0
+        if bar.n - first >= ESTIMATE_AFTER:
             state["done"] = True  # once: an estimate, not a running commentary
-            note = run_estimate(bar.format_dict["elapsed"], bar.n - bar.initial, bar.total
-                                - bar.initial)
+            note = run_estimate(bar.format_dict["elapsed"], bar.n - first, bar.total - first)
             if note:
                 bar.write(f"{bar.desc}: {note}")
         return out

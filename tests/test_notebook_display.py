@@ -163,3 +163,16 @@ def test_a_long_run_is_announced_once_after_its_first_steps(capsys):
     quiet = progress_bar(1000, "search", enabled=False)
     quiet.update(10)
     assert "this run will take" not in "".join(capsys.readouterr())
+
+
+def test_a_resumed_or_silent_bar_estimates_from_its_own_steps(capsys):
+    from nas_tutorial.notebook import progress_bar
+
+    quiet = progress_bar(1000, "search", enabled=False, initial=500)  # a resumed, silent run
+    quiet.update(1)
+    resumed = progress_bar(1000, "search", initial=900)
+    resumed.start_t -= 30.0  # 3 steps in 30 s, 100 left: 1,000 s, no warning
+    resumed.update(3)
+    resumed.close()
+    out = capsys.readouterr()
+    assert "this run will take" not in out.out + out.err
