@@ -805,7 +805,7 @@ def retrain_sentence(summary: dict) -> str:
             f"(their median {summary['random_median']:.3f})")
 
 
-def summarize_run(result: SearchResult, seconds: float | None = None) -> dict:
+def summarize_run(result: SearchResult) -> dict:
     """What ``summary.json`` holds for a search: seed, k, edge_norm, the genotype, its
     parameter-free ops (normal and reduction cell), the skip_connects of the normal cell at
     every epoch (the collapse monitor), the architecture half's accuracy, the whole config,
@@ -821,7 +821,7 @@ def summarize_run(result: SearchResult, seconds: float | None = None) -> dict:
             "param_free_per_epoch": [param_free_count(x) for x in h.genotypes()],
             "search_valid_acc": h.valid_acc[-1] if h.valid_acc else None,
             "config": asdict(cfg),
-            "search_s": seconds if seconds is not None else float(sum(h.seconds)),
+            "search_s": float(sum(h.seconds)),
             "torch": torch.__version__, "created": time.strftime("%Y-%m-%d")}
 
 
