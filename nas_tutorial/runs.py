@@ -69,11 +69,15 @@ def label(run: dict) -> str:
     return f"{run.get('kind', '?')} on {run.get('device', '?')}, {run.get('recorded_at', '?')[:10]}"
 
 
+_SCOPE = {"network": "net", "ops": "ops"}
+
+
 def search_step_table(run: dict) -> str:
     """The PC-DARTS/DARTS rows of a recorded ``benchmarks`` run as a text table: per K the
     step time and peak memory of this project's search step, of the official-style step on
     the same machine (``benchmarks/reference_pc_darts.py``), their ratio, and the NHWC/NCHW
-    step-time ratio that decides the search's memory layout."""
+    step-time ratio that decides the search's memory layout (``net``: the whole network in
+    NHWC, at K=1; ``ops``: NHWC mixed ops in an NCHW network, at K>1)."""
     lines = [label(run),
              f"{'method':<9}{'K':>3}{'ours s':>8}{'official s':>12}{'ours/official':>15}"
              f"{'peak MB':>9}{'official MB':>13}{'NHWC/NCHW':>11}"]
@@ -89,5 +93,5 @@ def search_step_table(run: dict) -> str:
             + f"{raw['peak_mb']:>9.0f}"
             + (f"{raw['official_peak_mb']:>13.0f}" if raw.get("official_peak_mb") else f"{'-':>13}")
             + (f"{'-':>11}" if not lay else f"{'failed':>11}" if lay.get("nhwc_ratio") is None
-               else f"{lay['nhwc_ratio']:>11.2f}"))
+               else f"{lay['nhwc_ratio']:>7.2f}" + f"{_SCOPE.get(lay.get('nhwc_scope'), ''):>4}"))
     return "\n".join(lines)
