@@ -183,8 +183,13 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     if distributed.active():
         from torch.nn.parallel import DistributedDataParallel
 
+        import inspect
+
+        # newer torch calls the switch forward_sync_buffers (broadcast_buffers deprecated)
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+            DistributedDataParallel).parameters else "broadcast_buffers")
         forward = DistributedDataParallel(model, device_ids=[device] if cuda else None,
-                                          broadcast_buffers=False)
+                                          **{no_sync: False})
     loader = DeviceLoader(data.to(device), config.batch_size, train=True, seed=config.seed,
                           cutout=config.cutout, channels_last=channels_last)
     valid_loader = (DeviceLoader(valid.to(device), 512, train=False,
