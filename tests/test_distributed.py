@@ -42,6 +42,16 @@ def torchrun(*args, timeout=300):
     return proc
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The references are thousands of tiny ops: on a busy 2-core machine a second OpenMP
+    # thread makes them several times slower (README, Troubleshooting).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
