@@ -38,9 +38,10 @@ per worker); under torchrun (:mod:`nas_tutorial.distributed`) each batch of chil
 spread over the processes as well (child i of a batch on rank i mod W, each rank with its
 own threads), and every rank gathers every accuracy: the surrogates, fitted alike on every
 rank, take the same decisions everywhere, and a child's accuracy does not depend on the
-rank that trained it (its seed is its cell's). Rank 0 writes the files. Resume replays the search from the cache of
-trained children (checkpointed after every batch of ``workers`` children): every other
-step is seeded, so the replay takes the same decisions (exactly so on a CPU).
+rank that trained it (its seed is its cell's). Rank 0 writes the files. Resume replays the
+search from the cache of trained children (checkpointed after every batch of ``workers``
+children per process): every other step is seeded, so the replay takes the same decisions
+(exactly so on a CPU).
 """
 from __future__ import annotations
 
