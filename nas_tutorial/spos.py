@@ -27,8 +27,8 @@ gradient on any process and stay untouched. The search after training (BN recali
 evolution, random search) runs on rank 0 alone.
 
 Left out: mixed-precision quantization search (Sec. 3.3); spreading the evolution's
-fitness evaluations over processes. BN
-recalibration averages batch statistics exactly instead of the official momentum 0.1.
+fitness evaluations over processes. BN recalibration averages batch statistics exactly
+instead of the official momentum 0.1.
 Figures live in :mod:`nas_tutorial.spos_viz`.
 """
 from __future__ import annotations
@@ -619,7 +619,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
             raise ValueError(f"{checkpoint} was trained with other settings; use a new folder")
         supernet.load_state_dict(state["model"])
         history, start = state["history"], state["epoch"]
-        if start < cfg.epochs:  # a finished supernet serves any number of processes
+        if start < cfg.epochs:
             distributed.check_world(state.get("world_size"), checkpoint)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -684,9 +684,10 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         ) if checkpoint is not None else None
         if checkpoint is not None and main:
             state = {"model": supernet.state_dict(), "history": history, "epoch": epoch + 1,
-                     "config": asdict(cfg), "world_size": distributed.world_size()}
-            if epoch + 1 < cfg.epochs:
+                     "config": asdict(cfg)}
+            if epoch + 1 < cfg.epochs:  # a finished supernet serves any number of processes
                 state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                             world_size=distributed.world_size(),
                              loader=loader.state_dict(), rng=rng.getstate(),
                              torch_rng=torch.get_rng_state(), rngs=rngs,
                              cuda_rng=torch.cuda.get_rng_state(device) if cuda else None)

@@ -181,9 +181,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     # buffers are not broadcast every step: they are averaged once an epoch instead.
     forward = model
     if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
         import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
 
         # newer torch calls the switch forward_sync_buffers (broadcast_buffers deprecated)
         no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
@@ -236,9 +236,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
             bar.update(1)
         if distributed.active():  # the whole global batch's numbers, one collective
             distributed.average_buffers(model)
-            loss_sum, correct, finite, seen = distributed.all_reduce_sum(
+            loss_sum, correct, bad, seen = distributed.all_reduce_sum(
                 loss_sum, correct, (~finite).long(), torch.tensor(seen, device=device))
-            finite, seen = finite == 0, int(seen)
+            finite, seen = bad == 0, int(seen)
         bad = nonfinite(finite, model)  # read with the epoch's other numbers
         if bad is not None:
             bar.close()

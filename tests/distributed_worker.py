@@ -1,8 +1,9 @@
 """One process of a data-parallel run, started by ``tests/test_distributed.py`` under torchrun
 (2 processes, gloo, CPU): a few training steps, a few PC-DARTS and DARTS (unrolled) search
-steps, a few SPOS supernet steps, a PNAS search with a fake trainer, and a PC-DARTS search
-stopped after its first epoch (resumed by the test through the CLI). Each rank saves what
-it computed to ``OUT/rank{r}.pt``; the test compares with one process.
+steps, a few SPOS supernet steps (and the same stopped after an epoch and resumed), a PNAS
+search with a fake trainer, and a PC-DARTS search stopped after its first epoch (resumed by
+the test through the CLI). Each rank saves what it computed to ``OUT/rank{r}.pt``; the test
+compares with one process.
 
 The settings live here so that the test's one-process references use the very same ones.
 """
@@ -109,6 +110,18 @@ def main(out: Path) -> None:
                         checkpoint=out / f"supernet-rank{r}.pt", progress=False)
     spos.sample_path = sample
     results["spos"] = {"paths": paths, "params": params(supernet)}
+    torch.manual_seed(0)  # the same supernet stopped after its first epoch, then resumed
+    try:
+        spos.train_supernet(spos.Supernet(SPOS_NET), spos_data(), SPOS, device="cpu",
+                            checkpoint=out / "supernet-resume.pt", progress=False,
+                            callback=stop)
+    except StopAfterFirstEpoch:
+        pass
+    torch.manual_seed(1)  # another init: the checkpoint must replace it
+    supernet = spos.Supernet(SPOS_NET)
+    spos.train_supernet(supernet, spos_data(), SPOS, device="cpu",
+                        checkpoint=out / "supernet-resume.pt", progress=False)
+    results["spos"]["resumed"] = params(supernet)
 
     trained = []
 

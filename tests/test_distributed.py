@@ -233,6 +233,9 @@ def test_spos_ranks_train_the_same_paths_average_grads_and_leave_unsampled_block
     assert ranks[0]["spos"]["paths"] == ranks[1]["spos"]["paths"] == paths
     for r in ranks:
         assert_same_params(r["spos"]["params"], want)
+        # stopped after an epoch (rank 0 wrote the checkpoint) and resumed on both ranks
+        for k, v in r["spos"]["params"].items():
+            assert torch.equal(r["spos"]["resumed"][k], v), k
     sampled = {(layer, block) for p in paths for layer, block in enumerate(p)}
     untouched = [k for k in want if k.startswith("layers.")
                  and (int(k.split(".")[1]), int(k.split(".")[2])) not in sampled]
