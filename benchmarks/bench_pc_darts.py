@@ -6,7 +6,10 @@ K. On CPU each configuration runs in its own process and its peak memory is the 
 peak resident set (``VmHWM``, reset just before the steps) minus the resident set after
 building the network and the batch, so tensors (which tracemalloc cannot see) are counted.
 On CUDA: bf16 autocast, ``torch.cuda.max_memory_allocated``. The memory layout is the
-search's own (``pc_darts.uses_channels_last``: NHWC on CUDA, and on a CPU only at K=1).
+search's own (``pc_darts.apply_layout``: NHWC on CUDA; on a CPU what the layout rows below
+measured). Ours and the official-style step (``reference_pc_darts.py``) run in alternating
+processes, ``--rounds`` of each, and each side's median is reported (A/B, so a change in
+machine load hits both alike).
 
     python benchmarks/bench_pc_darts.py                   # CPU, batch 32, 2 threads
     python benchmarks/bench_pc_darts.py --device cuda --batch 256
@@ -31,6 +34,8 @@ def _parser():
     p.add_argument("--C", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="CPU: alternating processes of ours and the official-style step")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
@@ -38,7 +43,7 @@ def _parser():
                    help="skip the official-style implementation (reference_pc_darts.py)")
     p.add_argument("--no-layouts", action="store_true",
                    help="skip the NCHW vs NHWC step-time comparison per K")
-    p.add_argument("--layout-timeout", type=int, default=600,
+    p.add_argument("--layout-timeout", type=int, default=300,
                    help="seconds before a layout comparison counts as failed (NHWC can be "
                         "pathologically slow with narrow channel slices)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -79,7 +84,7 @@ def measure(k: int, args) -> dict:
     import torch.nn.functional as F
 
     from nas_tutorial.data import resolve_device
-    from nas_tutorial.pc_darts import Architect, SearchNetwork, get_config, uses_channels_last
+    from nas_tutorial.pc_darts import Architect, SearchNetwork, apply_layout, get_config
     from nas_tutorial.training import autocast
 
     device = resolve_device(args.device)
@@ -89,8 +94,7 @@ def measure(k: int, args) -> dict:
     cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1,
                      compile=args.compile)
     model = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
-    fmt = torch.channels_last if uses_channels_last(cfg, device) else torch.contiguous_format
-    model.to(memory_format=fmt)
+    fmt = torch.channels_last if apply_layout(model, cfg, device) else torch.contiguous_format
     forward = torch.compile(model) if args.compile and cuda else model
     arch = Architect(model, cfg, device, forward=forward)
     opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
@@ -138,10 +142,13 @@ def measure(k: int, args) -> dict:
 
 
 def measure_layouts(k: int, args) -> dict:
-    """Step time of the same search step with the supernet and its batches in NCHW and in
-    NHWC (channels_last), one model per layout with equal weights, the two timed in
-    alternation (A/B, the first of each pair alternating) so that a change in machine load
-    hits both alike. Decides :data:`nas_tutorial.pc_darts.CPU_CHANNELS_LAST`."""
+    """Step time of the same search step in NCHW and in NHWC (channels_last), one model per
+    layout with equal weights, the two timed in alternation (A/B, the first of each pair
+    alternating) so that a change in machine load hits both alike. At K=1 the whole network
+    and its batches change layout (decides :data:`nas_tutorial.pc_darts.CPU_CHANNELS_LAST`);
+    at K>1 the network stays NCHW and only the mixed ops change (``SearchNetwork.ops_to``;
+    decides :data:`nas_tutorial.pc_darts.CPU_OPS_CHANNELS_LAST`): whole-network NHWC with
+    partial channels was measured slower or unusable there (see pc_darts.py)."""
     import copy
 
     import torch
@@ -160,8 +167,14 @@ def measure_layouts(k: int, args) -> dict:
     x0, xv0 = torch.randn(shape, device=device), torch.randn(shape, device=device)
     y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
     steps = {}
+    scope = "network" if k == 1 else "ops"
     for name, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
-        model = copy.deepcopy(base).to(memory_format=fmt)
+        model = copy.deepcopy(base)
+        if scope == "ops":
+            model.ops_to(fmt if fmt == torch.channels_last else None)
+            fmt = torch.contiguous_format  # the network and its batches stay NCHW
+        else:
+            model.to(memory_format=fmt)
         arch = Architect(model, cfg, device)
         opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9,
                               weight_decay=3e-4)
@@ -190,7 +203,7 @@ def measure_layouts(k: int, args) -> dict:
             times[name].append(time.perf_counter() - t0)
     nchw, nhwc = statistics.median(times["nchw"]), statistics.median(times["nhwc"])
     return {"k": k, "device": str(device), "threads": args.threads, "batch": args.batch,
-            "nchw_s": nchw, "nhwc_s": nhwc, "nhwc_ratio": nhwc / nchw,
+            "nchw_s": nchw, "nhwc_s": nhwc, "nhwc_ratio": nhwc / nchw, "nhwc_scope": scope,
             "faster": "channels_last" if nhwc < nchw else "contiguous"}
 
 
@@ -267,16 +280,29 @@ def main(argv=None) -> list:
 
     rows, official = [], {}
     for k in ks:
-        # one process per K on CPU, so each peak resident set belongs to one K
-        rows.append(measure(k, args) if cuda else child(k))
+        if cuda:
+            rows.append(measure(k, args))
+            continue
+        # one process per K and side on CPU, so each peak resident set belongs to one step;
+        # ours and the official-style step alternate, round after round
+        ours, theirs = [], []
+        for _ in range(1 if args.no_reference else args.rounds):
+            ours.append(child(k))
+            if not args.no_reference:
+                theirs.append(child(k, reference=True))
+        rows.append(dict(ours[0], step_s=statistics.median(r["step_s"] for r in ours),
+                         cpu_s=statistics.median(r["cpu_s"] for r in ours),
+                         peak_mb=max(r["peak_mb"] for r in ours),
+                         step_s_rounds=[r["step_s"] for r in ours]))
         print(f"  K={k}: {rows[-1]['step_s']:.2f} s/step, {rows[-1]['peak_mb']:.0f} MB",
               flush=True)
-        if not cuda and not args.no_reference:
-            official[k] = child(k, reference=True)
-            rows[-1]["official_step_s"] = official[k]["step_s"]
-            rows[-1]["official_peak_mb"] = official[k]["peak_mb"]
-            print(f"  K={k} official-style: {official[k]['step_s']:.2f} s/step, "
-                  f"{official[k]['peak_mb']:.0f} MB", flush=True)
+        if theirs:
+            official[k] = theirs
+            rows[-1]["official_step_s"] = statistics.median(r["step_s"] for r in theirs)
+            rows[-1]["official_peak_mb"] = max(r["peak_mb"] for r in theirs)
+            rows[-1]["official_step_s_rounds"] = [r["step_s"] for r in theirs]
+            print(f"  K={k} official-style: {rows[-1]['official_step_s']:.2f} s/step, "
+                  f"{rows[-1]['official_peak_mb']:.0f} MB", flush=True)
     layouts = []
     if not args.no_layouts:
         for k in ks:
@@ -289,12 +315,13 @@ def main(argv=None) -> list:
                        if isinstance(e, subprocess.TimeoutExpired)
                        else err.strip().splitlines()[-1:] or [f"exit {e.returncode}"])
                 layouts.append({"k": k, "nchw_s": None, "nhwc_s": None, "nhwc_ratio": None,
+                                "nhwc_scope": "network" if k == 1 else "ops",
                                 "faster": "contiguous", "nhwc_error": why[0][:200]})
                 print(f"  K={k} layout: NHWC failed ({why[0][:80]}) -> contiguous", flush=True)
                 continue
             r = layouts[-1]
-            print(f"  K={k} layout: NCHW {r['nchw_s']:.2f} s, NHWC {r['nhwc_s']:.2f} s "
-                  f"-> {r['faster']}", flush=True)
+            print(f"  K={k} layout ({r['nhwc_scope']}): NCHW {r['nchw_s']:.2f} s, "
+                  f"NHWC {r['nhwc_s']:.2f} s -> {r['faster']}", flush=True)
         for row, lay in zip(rows, layouts):
             row["layout"] = lay
     ref = next((r for r in rows if r["k"] == 1), rows[0])

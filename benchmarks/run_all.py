@@ -41,7 +41,8 @@ def main(argv=None) -> list:
     steps = ["--steps", "2" if args.quick else "5"]
     rows = []
 
-    pc = bench_pc_darts.main((["--device", "cuda", "--batch", "256"] if cuda else []) + steps)
+    pc = bench_pc_darts.main((["--device", "cuda", "--batch", "256"] if cuda else ["--rounds", "2"])
+                             + steps)
     for r in pc:
         rows.append({"method": "PC-DARTS" if r["k"] > 1 else "DARTS",
                      "case": f"search step K={r['k']}, batch {r['batch']}",

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .convs import DepthwiseConv2d
+
 
 class ReLUConvBN(nn.Sequential):
     """ReLU -> conv -> BN; the 1x1 preprocessing of cell inputs."""
@@ -42,8 +44,7 @@ class DilConv(nn.Sequential):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation,
-                      groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride, padding, dilation),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -106,8 +107,14 @@ class FactorizedReduce(nn.Module):
         # Odd sizes: pad so both branches give ceil(H/2) (the official code assumes even).
         if x.size(2) % 2 or x.size(3) % 2:
             x = nn.functional.pad(x, (0, x.size(3) % 2, 0, x.size(2) % 2))
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
-        return self.bn(out)
+        # cat([conv_1(x), conv_2(x[:, :, 1:, 1:])]) of the official code as one 1x1 conv with
+        # 2 groups over the two stride-2 grids (the same sums). Besides one call instead of
+        # two, the conv's backward then gets a whole gradient, not a channel slice of the cat:
+        # in NHWC with 1-2 channels per half, torch 2.14.1's CPU conv backward corrupts the
+        # heap on such a slice.
+        grids = torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]], dim=1)  # (B, 2C_in, H/2, W/2)
+        weight = torch.cat([self.conv_1.weight, self.conv_2.weight])  # (C_out, C_in, 1, 1)
+        return self.bn(nn.functional.conv2d(grids, weight, groups=2))
 
 
 def _skip(C, stride, affine):

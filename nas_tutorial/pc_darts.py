@@ -21,6 +21,13 @@ Exact rewrites of the official computation, for speed (performance.md):
 - the channel shuffle and the beta weighting happen once per node, not once per edge:
   shuffle is a fixed permutation, so sum_j b_j * shuffle(cat(mix_j, bypass_j)) =
   shuffle(cat(sum_j b_j mix_j, sum_j b_j bypass_j)), and b_j folds into the 8 op weights;
+- a pool has no weights, so the edges leaving one state all pool alike: each state is
+  max- and avg-pooled once (5 times per cell instead of 14), and each edge applies its own
+  BN to the shared result;
+- the depthwise convs take an exact shortcut in their CPU backward (``convs.py``: the
+  input gradient as a forward conv with the kernel turned, the weight gradient in NHWC or
+  over the four parity grids of a dilated kernel), and the factorized reduce is one grouped
+  conv (``ops.FactorizedReduce``);
 - the architecture step asks autograd for the gradients of alpha/beta only, the weight step
   for the weights only; the second order step reuses the network in place (the official
   code builds a new network every step); no host sync inside an epoch.
@@ -107,21 +114,33 @@ class MixedOp(nn.Module):
     def __init__(self, C: int, stride: int, primitives=DARTS_OPS):
         super().__init__()
         self._ops = nn.ModuleList()
-        self._active, self._pre_relu = [], []
+        self._active, self._pre_relu, self.pools = [], [], []
         for i, name in enumerate(primitives):
             op = OPS[name](C, stride, False)
             if "pool" in name:
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                self.pools.append(i)
             self._ops.append(op)
             if name != "none":  # zero output: skipping it is exact
                 self._active.append(i)
                 self._pre_relu.append(_strip_relu(op))
 
-    def forward(self, x, x_relu, weights):
-        # x, x_relu: (B, C, H, W) and its ReLU; weights: (len(primitives),)
+    def pooled(self, x) -> dict:
+        """The pools' outputs before their BN, {op index: (B, C, H', W')}. A pool has no
+        weights, so every edge leaving one state with one stride pools alike: the cell
+        computes this once per state and each edge applies only its own BN (exact)."""
+        return {i: self._ops[i][0](x) for i in self.pools}
+
+    def forward(self, x, x_relu, weights, pooled=None):
+        # x, x_relu: (B, C, H, W) and its ReLU; weights: (len(primitives),);
+        # pooled: this state's pool outputs (:meth:`pooled`), or None to pool here
         out = None
         for i, pre in zip(self._active, self._pre_relu):
-            y = weights[i] * self._ops[i](x_relu if pre else x)
+            if pooled is not None and i in pooled:
+                y = self._ops[i][1](pooled[i])  # the edge's own BN on the shared pool
+            else:
+                y = self._ops[i](x_relu if pre else x)
+            y = weights[i] * y
             out = y if out is None else out + y
         return out
 
@@ -148,13 +167,15 @@ class SearchCell(nn.Module):
         # The bypassed channels of a strided edge are max-pooled 2x2 (official MixedOp.mp);
         # ceil_mode keeps odd sizes aligned with the strided ops (equal for even sizes).
         self.mp = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.ops_format = None  # memory format of the mixed ops' input; None: the state's
 
     def forward(self, s0, s1, alpha_w, beta_w=None):
         # alpha_w: (E, n_ops) softmax(alpha); beta_w: (E,) per-node softmax(beta) or None
         c = self.C // self.k
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # (B, C, H, W) each
-        parts = [(s[:, :c], F.relu(s[:, :c])) for s in states]
+        parts = [self._part(s) for s in states]
         bypass = [self._bypass(s, j) for j, s in enumerate(states)]
+        pooled = []  # per state, its pool outputs (state j's edges all have one stride)
         offset = 0
         for i in range(self._steps):
             mixed = rest = None
@@ -162,17 +183,29 @@ class SearchCell(nn.Module):
                 w = alpha_w[offset + j]
                 if beta_w is not None:
                     w = w * beta_w[offset + j]  # fold beta into the op weights: 8 scalars
-                m = self._ops[offset + j](parts[j][0], parts[j][1], w)
+                op = self._ops[offset + j]
+                if len(pooled) == j:  # state j's first edge: its pools serve every edge
+                    pooled.append(op.pooled(parts[j][0]))
+                m = op(parts[j][0], parts[j][1], w, pooled[j])
                 mixed = m if mixed is None else mixed + m
                 if bypass[j] is not None:
                     r = bypass[j] if beta_w is None else beta_w[offset + j] * bypass[j]
                     rest = r if rest is None else rest + r
             offset += len(states)
+            if self.ops_format is not None:
+                mixed = mixed.contiguous(memory_format=torch.contiguous_format)
             node = mixed if rest is None else channel_shuffle(torch.cat([mixed, rest], 1), self.k)
             states.append(node)
-            parts.append((node[:, :c], F.relu(node[:, :c])))
+            parts.append(self._part(node))
             bypass.append(self._bypass(node, len(states) - 1))
         return torch.cat(states[-self._multiplier:], dim=1)  # (B, multiplier*C, H', W')
+
+    def _part(self, s):
+        """The first C/K channels of a state and their ReLU, in the ops' layout."""
+        p = s[:, :self.C // self.k]
+        if self.ops_format is not None:
+            p = p.contiguous(memory_format=self.ops_format)
+        return p, F.relu(p)
 
     def _bypass(self, s, j):
         if self.k == 1:
@@ -228,6 +261,14 @@ class SearchNetwork(nn.Module):
         if edge_norm:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(n_edges))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_edges))
+
+    def ops_to(self, memory_format) -> "SearchNetwork":
+        """Run the mixed ops in ``memory_format`` (their weights and the shared copy of each
+        state's partial channels) while the states keep theirs; see ``CPU_OPS_CHANNELS_LAST``."""
+        for cell in self.cells:
+            cell.ops_format = memory_format
+            cell._ops.to(memory_format=memory_format)
+        return self
 
     def arch_parameters(self) -> list:
         names = ["alpha_normal", "alpha_reduce"] + (["beta_normal", "beta_reduce"]
@@ -474,7 +515,7 @@ class Architect:
                  forward=None):
         # ``forward``: a compiled view of ``model`` (same parameters) for the forward passes.
         self.model, self.config, self.device = model, config, device
-        self.forward = forward or model
+        self.forward = forward if forward is not None else model  # a compiled module has no truth value
         self.r = 1e-2  # R = r / ||v|| of the finite difference (DARTS Sec. 2.3 / architect.py)
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
                                           betas=config.arch_betas,
@@ -642,12 +683,24 @@ def _resolve_config(config, resume):
 # step in the main rows) and was stopped by hand (the record says "exit -15"). Partial
 # channels slice NHWC tensors along their innermost dimension, which the CPU kernels handle
 # badly once the slice is narrow. K=2 stays NCHW although NHWC was 9% faster: with partial
-# channels in NHWC, torch 2.14.1's CPU backward is unsafe - on one thread the process dies
+# channels in NHWC, torch 2.14.1's CPU backward was unsafe - on one thread the process died
 # ("corrupted double-linked list"; at K=4 "corrupted size vs. prev_size"), on two threads two
-# searches with one seed differ from the first steps (6th digit of the loss) - and a seed must
-# fix a search. NHWC at K=1 and NCHW at every K repeat a seeded search exactly (tested).
+# searches with one seed differed from the first steps - and a seed must fix a search. The
+# crash was later traced to the conv backward of the factorized reduce's two halves (a
+# channel slice of an NHWC cat with 1-2 channels per half), which ops.FactorizedReduce no
+# longer builds; whole-network NHWC at K>1 has not been measured again since.
+# NHWC at K=1 and NCHW at every K repeat a seeded search exactly (tested).
 CPU_CHANNELS_LAST = {1: True, 2: False, 4: False, 8: False}
 CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was seen
+
+# Where the network stays NCHW (K > 1), the mixed ops may still run in NHWC: each state's
+# first C/K channels are copied once into a contiguous NHWC tensor that every edge and op
+# reading the state shares, and the ops' outputs return to NCHW once per node. No narrow
+# NHWC slice reaches a kernel (the unsafe case above), and oneDNN's depthwise kernels,
+# slow in NCHW (5x5 backward 2-3x slower at 4-8 channels), run in their fast layout.
+# Per K, as the newest CPU record of `make bench` measured it (same step, NCHW ops vs NHWC
+# ops, in alternation); a test keeps the two in agreement.
+CPU_OPS_CHANNELS_LAST = {2: True, 4: True, 8: True}
 
 
 def uses_channels_last(config: SearchConfig, device) -> bool:
@@ -659,6 +712,25 @@ def uses_channels_last(config: SearchConfig, device) -> bool:
     if torch.device(device).type == "cuda":
         return True
     return CPU_CHANNELS_LAST.get(config.k, False) and config.k not in CPU_NHWC_UNSAFE_K
+
+
+def ops_channels_last(config: SearchConfig, device) -> bool:
+    """NHWC for the mixed ops of a supernet that stays NCHW (:data:`CPU_OPS_CHANNELS_LAST`);
+    False where the whole network is NHWC already (K=1 on a CPU, any K on CUDA)."""
+    if not config.channels_last or uses_channels_last(config, device):
+        return False
+    return torch.device(device).type == "cpu" and CPU_OPS_CHANNELS_LAST.get(config.k, False)
+
+
+def apply_layout(model: SearchNetwork, config: SearchConfig, device) -> bool:
+    """Put ``model`` in the measured layout for this K and device (whole network NHWC, or
+    NHWC mixed ops in an NCHW network); True when the batches should be NHWC too."""
+    if uses_channels_last(config, device):
+        model.to(memory_format=torch.channels_last)
+        return True
+    if ops_channels_last(config, device):
+        model.ops_to(torch.channels_last)
+    return False
 
 
 def _search(config, out, resume, device, progress, callback) -> SearchResult:
@@ -685,8 +757,7 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
     model = SearchNetwork(config.C, data.num_classes, config.layers, config.k, config.edge_norm,
                           config.steps, config.multiplier, in_channels=data.shape[0]).to(device)
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's supernet
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    apply_layout(model, config, device)
     forward_model = model
     if config.compile and cuda:
         forward_model = torch.compile(model)

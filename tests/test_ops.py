@@ -59,3 +59,109 @@ def test_dil_conv_dilation_and_padding():
 
 def test_factorized_reduce_handles_odd_sizes():
     assert FactorizedReduce(4, 8)(torch.randn(1, 4, 7, 7)).shape == (1, 8, 4, 4)
+
+
+def test_factorized_reduce_is_the_official_two_convs():
+    """One grouped conv over the two stride-2 grids = cat(conv_1(x), conv_2(x shifted))."""
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 8, affine=False).double()
+    for size in (8, 7):
+        x = torch.randn(2, 6, size, size, dtype=torch.float64)
+        y = torch.relu(x)
+        if size % 2:
+            y = torch.nn.functional.pad(y, (0, 1, 0, 1))
+        official = fr.bn(torch.cat([fr.conv_1(y), fr.conv_2(y[:, :, 1:, 1:])], dim=1))
+        torch.testing.assert_close(fr(x), official, rtol=0, atol=1e-12)
+
+
+def test_factorized_reduce_backward_in_nhwc_with_narrow_halves_is_safe():
+    """torch 2.14.1's CPU conv backward corrupted the heap on a channel slice of an NHWC cat
+    with 1-2 channels per half (the process aborts); the grouped conv never builds one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import torch\n"
+        "from nas_tutorial.ops import FactorizedReduce\n"
+        "torch.set_num_threads(1)\n"
+        "for c in (2, 4):\n"
+        "    fr = FactorizedReduce(c, c, affine=False).to(memory_format=torch.channels_last)\n"
+        "    for _ in range(50):\n"
+        "        x = torch.randn(32, c, 8, 8).contiguous(memory_format=torch.channels_last)\n"
+        "        fr(x.requires_grad_()).square().sum().backward()\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, env={"MALLOC_CHECK_": "3", "PATH": "/usr/bin:/bin"},
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-300:]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 1),
+                                               (3, 1, 2), (5, 1, 2), (5, 2, 2)])
+@pytest.mark.parametrize("size", [7, 8, 16])
+def test_depthwise_conv_backward_rewrites_are_exact(k, stride, dilation, size, channels_last):
+    """DepthwiseConv2d's CPU backward (flipped-kernel input gradient, NHWC weight gradient,
+    parity grids for dilation 2) gives torch's own gradients, in float64 to 1e-12."""
+    from nas_tutorial.convs import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    pad = dilation * (k - 1) // 2
+    conv = DepthwiseConv2d(4, k, stride, pad, dilation).double().to(memory_format=fmt)
+    ref = torch.nn.Conv2d(4, 4, k, stride, pad, dilation, groups=4, bias=False).double()
+    ref.weight.data.copy_(conv.weight.data)
+    x = torch.randn(3, 4, size, size, dtype=torch.float64).contiguous(memory_format=fmt)
+    x.requires_grad_()
+    y = conv(x)
+    torch.testing.assert_close(y, ref(x), rtol=0, atol=0)
+    g = torch.randn_like(y)
+    ours = torch.autograd.grad(y, [x, conv.weight], g)
+    theirs = torch.autograd.grad(ref(x), [x, ref.weight], g)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_depthwise_conv_takes_the_rewrites(monkeypatch):
+    """Stride 1: no native input-gradient kernel; dilation 2 at 16 px: the weight gradient
+    over the four parity grids (a batch of 4B half-size images)."""
+    from nas_tutorial import convs as depthwise
+
+    seen = []
+    native = depthwise._native
+
+    def spy(grad, x, weight, conf, mask):
+        seen.append((tuple(x.shape), conf, mask))
+        return native(grad, x, weight, conf, mask)
+
+    monkeypatch.setattr(depthwise, "_native", spy)
+    conv = depthwise.DepthwiseConv2d(4, 5, 1, 4, 2)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    conv(x).sum().backward()
+    assert seen == [((8, 4, 8, 8), (1, 2, 1), (False, True))]
+    seen.clear()
+    depthwise.DepthwiseConv2d(4, 3, 1, 1, 1)(x).sum().backward()
+    assert seen == [((2, 4, 16, 16), (1, 1, 1), (False, True))]
+    assert x.grad is not None
+
+
+
+def test_depthwise_conv_under_cpu_autocast_matches_torch():
+    from nas_tutorial.convs import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(4, 5, 1, 4, 2)
+    ref = torch.nn.Conv2d(4, 4, 5, 1, 4, 2, groups=4, bias=False)
+    ref.weight.data.copy_(conv.weight.data)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = conv(x), ref(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref)
+    ours = torch.autograd.grad(y.float().sum(), [x, conv.weight])
+    theirs = torch.autograd.grad(y_ref.float().sum(), [x, ref.weight])
+    for a, b in zip(ours, theirs):  # bf16 sums in another order: close as a whole
+        assert a.dtype == b.dtype == torch.float32
+        assert float((a - b).norm() / b.norm()) < 2e-2

@@ -1,4 +1,5 @@
 """PC-DARTS / DARTS search: checked against an independent copy of the official code."""
+import copy
 import json
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import nas_tutorial as nt
 from nas_tutorial import pc_darts as pc
@@ -69,6 +71,43 @@ def test_partial_channels_and_shuffle():
     assert torch.equal(cell._bypass(s, 0), s[:, 4:])
     red = net.cells[1]
     assert red._bypass(torch.randn(2, 32, 8, 8), 1).shape == (2, 24, 4, 4)
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+def test_pools_run_once_per_state_and_change_nothing(reduction, monkeypatch):
+    """A pool has no weights, so every edge leaving one state pools alike: the cell pools
+    each state once (5 states, not 14 edges) and each edge applies its own BN. Outputs,
+    gradients and every BN's running statistics equal the pool-per-edge computation."""
+    torch.manual_seed(0)
+    cell = pc.SearchCell(4, 4, 8, 8, 8, reduction, False, k=2).double()
+    alpha = torch.randn(14, 8, dtype=torch.float64).softmax(-1).requires_grad_()
+    beta = pc.node_softmax(torch.randn(14, dtype=torch.float64), 4)
+    s0, s1 = (torch.randn(3, 8, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    pools = [m for m in cell.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))
+             and m is not cell.mp]
+    calls = []
+    for m in pools:
+        m.register_forward_hook(lambda *a: calls.append(1))
+
+    def run(shared):
+        if not shared:
+            monkeypatch.setattr(pc.MixedOp, "pooled", lambda self, x: {})
+        c = copy.deepcopy(cell)
+        out = c(s0, s1, alpha, beta)
+        grads = torch.autograd.grad(out.square().sum(), [alpha, s0, s1])
+        stats = [b.clone() for b in c.buffers()]
+        monkeypatch.undo()
+        return out, grads, stats
+
+    calls.clear()
+    out, grads, stats = run(shared=True)
+    assert len(calls) == 2 * 5  # max and avg pool, once per state
+    calls.clear()
+    ref, ref_grads, ref_stats = run(shared=False)
+    assert len(calls) == 2 * 14  # once per edge
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for a, b in zip(grads + tuple(stats), ref_grads + tuple(ref_stats)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_edge_normalization_groups():
@@ -330,12 +369,18 @@ def test_second_order_step_stays_fp32_under_bf16_autocast(monkeypatch):
     assert cosine(first, first64) < 0.9999  # the emulation is on: bf16 elsewhere
 
 
-def _repeats_exactly(k, channels_last, monkeypatch) -> bool:
+def _repeats_exactly(k, channels_last, monkeypatch, ops=False) -> bool:
     """Do two tiny searches with one seed, in one layout, give the same losses?"""
-    monkeypatch.setitem(pc.CPU_CHANNELS_LAST, k, channels_last)
-    cfg = _tiny(k=k, edge_norm=k > 1, epochs=2, record_every=0, cpu_threads=2)
+    monkeypatch.setitem(pc.CPU_OPS_CHANNELS_LAST if ops else pc.CPU_CHANNELS_LAST, k,
+                        channels_last)
+    if ops:
+        monkeypatch.setitem(pc.CPU_CHANNELS_LAST, k, False)
+    cfg = _tiny(k=k, edge_norm=k > 1, epochs=2, record_every=0, cpu_threads=2, C=16)
     runs = [pc.search(cfg, device="cpu", progress=False).history for _ in range(2)]
-    assert pc.uses_channels_last(cfg, "cpu") == channels_last
+    if ops:
+        assert pc.ops_channels_last(cfg, "cpu") == channels_last
+    else:
+        assert pc.uses_channels_last(cfg, "cpu") == channels_last
     return runs[0].train_loss == runs[1].train_loss and runs[0].alpha_normal == runs[1].alpha_normal
 
 
@@ -344,32 +389,43 @@ def test_nchw_repeats_a_seeded_search_exactly(monkeypatch):
         assert _repeats_exactly(k, False, monkeypatch), k
 
 
+def test_nhwc_ops_repeat_a_seeded_search_exactly(monkeypatch):
+    """NHWC mixed ops in an NCHW network, down to 2 channels per op at K=8 (where the
+    factorized reduce's old cat crashed the process), repeat a seeded search exactly."""
+    for k in (2, 8):
+        assert _repeats_exactly(k, True, monkeypatch, ops=True), k
+
+
 def test_cpu_layout_table_follows_the_newest_benchmark_record(monkeypatch):
     """The search's CPU memory layout per K is what `make bench` measured faster, not a
-    habit: the table in the library agrees with the newest CPU record that has layout rows
-    (a difference under 5% may go either way; a NHWC step that failed means NCHW)."""
+    habit: the tables in the library agree with the newest CPU record that has layout rows
+    (a difference under 5% may go either way; a NHWC step that failed means NCHW). At K=1
+    the row compares whole networks (CPU_CHANNELS_LAST); at K>1 NCHW networks whose mixed
+    ops run in NCHW or NHWC (CPU_OPS_CHANNELS_LAST)."""
     from pathlib import Path
 
     root = Path(pc.__file__).resolve().parent.parent / "data" / "runs"
     records = [r for r in nt.runs.load_runs("benchmarks", root=root)
                if r["device"].startswith("CPU")
-               and any("layout" in row.get("raw", {}) for row in r["payload"]["rows"])]
+               and any("nhwc_scope" in row.get("raw", {}).get("layout", {})
+                       for row in r["payload"]["rows"])]
     assert records, "no CPU benchmark record with layout rows under data/runs"
     measured = {row["raw"]["k"]: row["raw"]["layout"] for row in records[0]["payload"]["rows"]
                 if "layout" in row.get("raw", {})}
     assert set(measured) >= {1, 2, 4, 8}
     for k, lay in measured.items():
-        table = pc.CPU_CHANNELS_LAST.get(k, False)
+        ops = lay["nhwc_scope"] == "ops"
+        assert ops == (k > 1), k
+        table = (pc.CPU_OPS_CHANNELS_LAST if ops else pc.CPU_CHANNELS_LAST).get(k, False)
         if lay["nhwc_ratio"] is None:
             assert table is False, k
-        elif lay["nhwc_ratio"] < 0.95 and not table:  # faster, but refused as unsafe
-            assert k in pc.CPU_NHWC_UNSAFE_K, (k, lay)
         elif abs(lay["nhwc_ratio"] - 1) > 0.05:
             assert table == (lay["nhwc_ratio"] < 1), (k, lay)
-        if table:  # a layout the search uses must repeat a seeded search exactly
-            assert k not in pc.CPU_NHWC_UNSAFE_K and _repeats_exactly(k, True, monkeypatch), k
         cfg = pc.get_config("pc-darts", "quick", k=k, edge_norm=k > 1)
-        assert pc.uses_channels_last(cfg, "cpu") == pc.CPU_CHANNELS_LAST.get(k, False)
+        assert pc.uses_channels_last(cfg, "cpu") == (not ops and table)
+        assert pc.ops_channels_last(cfg, "cpu") == (ops and table)
+        if table:  # a layout the search uses must repeat a seeded search exactly
+            assert _repeats_exactly(k, True, monkeypatch, ops=ops), k
     assert pc.uses_channels_last(pc.get_config("darts", "quick", channels_last=False), "cpu") is False
 
 
