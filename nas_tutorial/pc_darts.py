@@ -24,10 +24,10 @@ Exact rewrites of the official computation, for speed (performance.md):
 - a pool has no weights, so the edges leaving one state all pool alike: each state is
   max- and avg-pooled once (5 times per cell instead of 14), and each edge applies its own
   BN to the shared result;
-- the depthwise convs take an exact shortcut in their CPU backward (``convs.py``: the
-  input gradient as a forward conv with the kernel turned, the weight gradient in NHWC or
-  over the four parity grids of a dilated kernel), and the factorized reduce is one grouped
-  conv (``ops.FactorizedReduce``);
+- the supernet's depthwise convs take an exact shortcut in their CPU backward
+  (``convs.fast_backward``: the input gradient as a forward conv with the kernel turned,
+  the weight gradient in NHWC or over the four parity grids of a dilated kernel), and its
+  factorized reduces are one grouped conv (``ops.FactorizedReduce.grouped``);
 - the architecture step asks autograd for the gradients of alpha/beta only, the weight step
   for the weights only; the second order step reuses the network in place (the official
   code builds a new network every step); no host sync inside an epoch.
@@ -75,6 +75,7 @@ from .data import DATASETS, DeviceLoader, load, resolve_device, split
 from .genotypes import Genotype
 from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
 from .checkpoints import save, write_json
+from .convs import fast_backward
 from .runfolders import RunFolderError, read_checkpoint
 from .training import Diverged, History, autocast, evaluate
 
@@ -116,7 +117,7 @@ class MixedOp(nn.Module):
         self._ops = nn.ModuleList()
         self._active, self._pre_relu, self.pools = [], [], []
         for i, name in enumerate(primitives):
-            op = OPS[name](C, stride, False)
+            op = fast_backward(OPS[name](C, stride, False))
             if "pool" in name:
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
                 self.pools.append(i)
@@ -155,7 +156,7 @@ class SearchCell(nn.Module):
         self.reduction, self.k, self.C = reduction, k, C
         self._steps, self._multiplier = steps, multiplier
         if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+            self.preprocess0 = fast_backward(FactorizedReduce(C_prev_prev, C, affine=False))
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
@@ -695,12 +696,14 @@ CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was
 
 # Where the network stays NCHW (K > 1), the mixed ops may still run in NHWC: each state's
 # first C/K channels are copied once into a contiguous NHWC tensor that every edge and op
-# reading the state shares, and the ops' outputs return to NCHW once per node. No narrow
-# NHWC slice reaches a kernel (the unsafe case above), and oneDNN's depthwise kernels,
-# slow in NCHW (5x5 backward 2-3x slower at 4-8 channels), run in their fast layout.
-# Per K, as the newest CPU record of `make bench` measured it (same step, NCHW ops vs NHWC
-# ops, in alternation); a test keeps the two in agreement.
-CPU_OPS_CHANNELS_LAST = {2: True, 4: True, 8: True}
+# reading the state shares, and the ops' outputs return to NCHW once per node; no narrow
+# NHWC slice reaches a kernel. Per K, as the newest CPU record of `make bench` measured it
+# (same step, NCHW ops vs NHWC ops, in alternation); a test keeps the two in agreement.
+# Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells), NHWC ops / NCHW ops: 1.02 at
+# K=2, 1.18 at K=4, 1.26 at K=8. Before the depthwise rewrites (convs.py) NHWC ops were
+# 10% faster on one thread, but BN over 2-8 channels is slow in NHWC, and once the
+# depthwise backward is fast in NCHW too, that is what remains: NCHW everywhere.
+CPU_OPS_CHANNELS_LAST = {2: False, 4: False, 8: False}
 
 
 def uses_channels_last(config: SearchConfig, device) -> bool:

@@ -744,6 +744,9 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
             ref = reference.cells(b) if reference is not None else []
             bar.set_postfix_str(f"b={b}: ranking {len(children)} children")
             preds = fit_predict(children + ref, seed=config.seed * 100 + b)
+            # every rank fitted the same surrogate on the same data; rank 0's predictions
+            # decide, so that a last-bit difference between machines cannot split the beam
+            preds = distributed.broadcast_object(preds)
             ref_preds = {kind: p[len(children):] for kind, p in preds.items()}
             preds = {kind: p[:len(children)] for kind, p in preds.items()}
             order = np.argsort(-preds[config.predictor], kind="stable")[:config.beam]
