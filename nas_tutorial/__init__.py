@@ -28,6 +28,7 @@ def __getattr__(name):
     import importlib
 
     if name in ("viz", "pc_darts", "spos", "spos_viz", "pnas", "pnas_viz", "cli", "runs",
-                "checkpoints", "compare", "tables", "notebook", "handouts", "exercises"):
+                "checkpoints", "compare", "tables", "notebook", "handouts", "exercises",
+                "distributed"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nas_tutorial' has no attribute '{name}'")

@@ -6,6 +6,10 @@ be loaded) ends with exit code 2 and one line, ``nas-tutorial: error: ...``, say
 wrong and what to do; ``--debug`` adds the traceback. Anything else is a bug and keeps its
 traceback. Inputs and run folders are checked before any work starts (see
 :mod:`nas_tutorial.runfolders`); an interrupted search resumes with ``--resume DIR``.
+
+Under ``torchrun --nproc_per_node=N -m nas_tutorial.cli train|search ...`` every process
+runs the same command data-parallel (:mod:`nas_tutorial.distributed`); rank 0 alone prints
+and writes the run folder. ``info`` and ``table`` run in one process.
 """
 from __future__ import annotations
 
@@ -291,8 +295,14 @@ def _train(args) -> int:
     # checked before training; created only once there is something to write into it
     out = check_new(args.out or f"runs/train-{preset.name}-seed{args.seed}", "train",
                     args.overwrite, empty=True)
+    from . import distributed
+
+    distributed.check_batch(preset.train.batch_size)
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     model, history = train_genotype(genotype, preset, epochs=args.epochs, seed=args.seed,
                                     device=args.device)
+    if not distributed.is_main():  # rank 0 writes and prints
+        return 0
     if args.overwrite:
         clear(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,6 +339,10 @@ def _search(args) -> int:
 
         result = pnas.cli_search(blocks=args.blocks, beam=args.beam, predictor=args.predictor,
                                  oracle=args.oracle, **common)
+    from . import distributed
+
+    if not distributed.is_main():  # rank 0 prints
+        return 0
     print(f"found:    {result['result']}")
     for label, path in result.get("files", {}).items():
         print(f"{label + ':':<10}{path if path is not None else 'skipped (no dot)'}")
@@ -380,6 +394,21 @@ def _expected(e: BaseException) -> str | None:
     return None
 
 
+def _join(args) -> bool:
+    """Under torchrun: refuse a verb that runs in one process, else join the process group
+    and run on this rank's device (``cuda:LOCAL_RANK`` on a GPU machine). True when it
+    joined one (left again at the end of :func:`main`)."""
+    from . import distributed
+
+    if not distributed.launched() or distributed.active():
+        return False
+    if args.command not in ("train", "search"):
+        raise CLIError(f"'{args.command}' runs in one process; start it without torchrun "
+                       f"(train and search run under torchrun)")
+    args.device = str(distributed.init(args.device))
+    return True
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
@@ -388,9 +417,13 @@ def main(argv=None) -> int:
 
     from .notebook import set_threads
 
+    from . import distributed
+
     threads = torch.get_num_threads()
     set_threads(getattr(args, "search_threads", None) or args.cpu_threads)
+    joined = False
     try:
+        joined = _join(args)
         return handlers[args.command](args)
     except KeyboardInterrupt:
         what = {"table": "; a table continues with --resume",
@@ -408,6 +441,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     finally:
         torch.set_num_threads(threads)  # a caller in the same process keeps its own
+        if joined:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -22,9 +22,14 @@ The pointwise 1x1 conv that follows was tried the same way (both gradients as ba
 matrix products: 3-16x faster alone in NCHW at 4-32 channels) and left out: the search step
 was no faster with it (K=4, 2 threads, in-process A/B: 3.39 s with, 3.30 s without).
 
-Anything else (stride 2 input gradients, small dilated maps, CUDA, no gradient) runs
-torch's own kernels; ``benchmarks/bench_pc_darts.py`` measures the search step they buy.
-Parameters and state dicts are those of ``nn.Conv2d``.
+Anything else (stride 2 input gradients, small dilated maps, even kernels, non-square
+settings, CUDA, no gradient) runs torch's own kernels; ``benchmarks/bench_pc_darts.py``
+measures the search step they buy. Parameters and state dicts are those of ``nn.Conv2d``.
+
+The sums are the same but not in the same order, so the last bits differ from torch's
+kernels: the search supernet takes these paths (:func:`fast_backward`, called by
+``pc_darts.MixedOp``), the evaluation networks, whose trainings the ground-truth tables
+recorded, keep torch's kernels.
 """
 from __future__ import annotations
 
@@ -44,12 +49,29 @@ class DepthwiseConv2d(nn.Conv2d):
                          groups=channels, bias=False)
 
     def forward(self, x):
-        if x.device.type != "cpu" or not torch.is_grad_enabled():
+        square = all(isinstance(v, tuple) and len(set(v)) == 1 for v in
+                     (self.kernel_size, self.stride, self.padding, self.dilation))
+        if x.device.type != "cpu" or not torch.is_grad_enabled() or not square:
             return super().forward(x)
         weight, dtype = self.weight, _cpu_autocast_dtype()
-        if dtype is not None:  # cast as autocast would, so the backward sees one dtype
-            x, weight = x.to(dtype), weight.to(dtype)
+        if dtype is not None and x.dtype == torch.float32:  # as autocast casts: one dtype
+            x, weight = x.to(dtype), weight.to(dtype)       # in the backward too
         return _Depthwise.apply(x, weight, self.stride[0], self.padding[0], self.dilation[0])
+
+
+def fast_backward(module: nn.Module) -> nn.Module:
+    """Give every depthwise conv in ``module`` the backward of :class:`DepthwiseConv2d`
+    (same parameters, nothing re-initialized) and every factorized reduce its one-conv form;
+    returns ``module``."""
+    from .ops import FactorizedReduce
+
+    for m in module.modules():
+        if (type(m) is nn.Conv2d and m.groups > 1 and m.groups == m.in_channels
+                == m.out_channels and m.bias is None):
+            m.__class__ = DepthwiseConv2d  # adds behaviour only, no state
+        elif isinstance(m, FactorizedReduce):
+            m.grouped = True
+    return module
 
 
 class _Depthwise(torch.autograd.Function):
@@ -74,8 +96,8 @@ class _Depthwise(torch.autograd.Function):
             H, W = x.shape[-2:]
             if dilation == 1:
                 gw = _native(_nhwc(grad), _nhwc(x), weight, ctx.conf, (False, True))
-            elif (dilation == 2 and stride == 1 and same and H % 2 == 0 and W % 2 == 0
-                  and min(H, W) >= 16):
+            elif (dilation == 2 and stride == 1 and same and padding % 2 == 0
+                  and H % 2 == 0 and W % 2 == 0 and min(H, W) >= 16):
                 gw = _native(_parity_grids(grad), _parity_grids(x), weight,
                              (1, padding // 2, 1), (False, True))
             else:
@@ -110,4 +132,3 @@ def _parity_grids(t):
     B, C, H, W = t.shape
     return (t.reshape(B, C, H // 2, 2, W // 2, 2).permute(3, 5, 0, 2, 4, 1)
             .reshape(4 * B, H // 2, W // 2, C).permute(0, 3, 1, 2))
-

@@ -258,6 +258,20 @@ def load(name: str, train: bool = True, root=None, size: int | None = None,
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    from . import distributed
+
+    # Under torchrun, each machine's first process loads (and downloads) first, the others
+    # read what it wrote: N processes writing one archive at once could corrupt it.
+    later = distributed.active() and os.environ.get("LOCAL_RANK", "0") != "0"
+    if later:
+        distributed.barrier()
+    ds = _load(name, train, root, size, download, n)
+    if distributed.active() and not later:
+        distributed.barrier()
+    return ds.to(device)
+
+
+def _load(name, train, root, size, download, n) -> ImageDataset:
     root = Path(root) if root is not None else default_root()
     if name == "fashion_mnist":
         ds = _load_fashion_mnist(train, root, download)
@@ -272,7 +286,7 @@ def load(name: str, train: bool = True, root=None, size: int | None = None,
         ds = ds.subset(torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n])
     if size is not None:
         ds = resize(ds, size)
-    return ds.to(device)
+    return ds
 
 
 def holdout(ds: ImageDataset, valid: int, train: int | None = None, seed: int = 0):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .convs import DepthwiseConv2d
 
 
 class ReLUConvBN(nn.Sequential):
@@ -44,7 +43,8 @@ class DilConv(nn.Sequential):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            DepthwiseConv2d(C_in, kernel_size, stride, padding, dilation),
+            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation,
+                      groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -101,17 +101,20 @@ class FactorizedReduce(nn.Module):
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.grouped = False  # one grouped conv instead of two (convs.fast_backward sets it)
 
     def forward(self, x):
         x = self.relu(x)
         # Odd sizes: pad so both branches give ceil(H/2) (the official code assumes even).
         if x.size(2) % 2 or x.size(3) % 2:
             x = nn.functional.pad(x, (0, x.size(3) % 2, 0, x.size(2) % 2))
-        # cat([conv_1(x), conv_2(x[:, :, 1:, 1:])]) of the official code as one 1x1 conv with
-        # 2 groups over the two stride-2 grids (the same sums). Besides one call instead of
-        # two, the conv's backward then gets a whole gradient, not a channel slice of the cat:
-        # in NHWC with 1-2 channels per half, torch 2.14.1's CPU conv backward corrupts the
-        # heap on such a slice.
+        if not self.grouped:  # the official form
+            out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+            return self.bn(out)
+        # The same sums as one 1x1 conv with 2 groups over the two stride-2 grids. Besides one
+        # call instead of two, the conv's backward then gets a whole gradient, not a channel
+        # slice of the cat: in NHWC with 1-2 channels per half, torch 2.14.1's CPU conv
+        # backward corrupts the heap on such a slice.
         grids = torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]], dim=1)  # (B, 2C_in, H/2, W/2)
         weight = torch.cat([self.conv_1.weight, self.conv_2.weight])  # (C_out, C_in, 1, 1)
         return self.bn(nn.functional.conv2d(grids, weight, groups=2))

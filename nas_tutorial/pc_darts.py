@@ -24,10 +24,10 @@ Exact rewrites of the official computation, for speed (performance.md):
 - a pool has no weights, so the edges leaving one state all pool alike: each state is
   max- and avg-pooled once (5 times per cell instead of 14), and each edge applies its own
   BN to the shared result;
-- the depthwise convs take an exact shortcut in their CPU backward (``convs.py``: the
-  input gradient as a forward conv with the kernel turned, the weight gradient in NHWC or
-  over the four parity grids of a dilated kernel), and the factorized reduce is one grouped
-  conv (``ops.FactorizedReduce``);
+- the supernet's depthwise convs take an exact shortcut in their CPU backward
+  (``convs.fast_backward``: the input gradient as a forward conv with the kernel turned,
+  the weight gradient in NHWC or over the four parity grids of a dilated kernel), and its
+  factorized reduces are one grouped conv (``ops.FactorizedReduce.grouped``);
 - the architecture step asks autograd for the gradients of alpha/beta only, the weight step
   for the weights only; the second order step reuses the network in place (the official
   code builds a new network every step); no host sync inside an epoch.
@@ -47,7 +47,16 @@ PC-DARTS code takes the next batch of an endless validation iterator every step:
 data, another order; DARTS's ``next(iter(valid_queue))`` draws a fresh random batch every
 step, with replacement across steps).
 
-Left out: the ImageNet search (K=2, batch 1024, lr 0.5); multi-GPU; the DARTS RNN space.
+Several GPUs or machines (torchrun, :mod:`nas_tutorial.distributed`): every process draws
+the same global batch from identically seeded loaders and keeps its shard; after each
+backward the weight gradients, and in the architecture step the alpha/beta gradients (in
+the unrolled step also the virtual step's, v's and the finite-difference gradients), are
+averaged over the processes, so every process holds the same weights, alpha and beta and
+derives the same genotype. The partial channels are the first C/K of each state (official
+code, no sampling) and the shuffle is a fixed permutation: nothing random per process. BN
+uses each process's shard statistics (the official multi-GPU code's behaviour too).
+
+Left out: the ImageNet search (K=2, batch 1024, lr 0.5); the DARTS RNN space.
 """
 from __future__ import annotations
 
@@ -60,11 +69,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import preset_name
 from .data import DATASETS, DeviceLoader, load, resolve_device, split
 from .genotypes import Genotype
 from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
 from .checkpoints import save, write_json
+from .convs import fast_backward
 from .runfolders import RunFolderError, read_checkpoint
 from .training import Diverged, History, autocast, evaluate
 
@@ -106,7 +117,7 @@ class MixedOp(nn.Module):
         self._ops = nn.ModuleList()
         self._active, self._pre_relu, self.pools = [], [], []
         for i, name in enumerate(primitives):
-            op = OPS[name](C, stride, False)
+            op = fast_backward(OPS[name](C, stride, False))
             if "pool" in name:
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
                 self.pools.append(i)
@@ -145,7 +156,7 @@ class SearchCell(nn.Module):
         self.reduction, self.k, self.C = reduction, k, C
         self._steps, self._multiplier = steps, multiplier
         if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+            self.preprocess0 = fast_backward(FactorizedReduce(C_prev_prev, C, affine=False))
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
@@ -495,6 +506,10 @@ class Architect:
     w' = w - lr * (momentum * buf + grad_w L_train + wd * w),
     grad = grad_alpha L_val(w', alpha) - lr * [grad_alpha L_train(w+) - grad_alpha
     L_train(w-)] / 2R, w+- = w +- R v, v = grad_w' L_val(w', alpha), R = 0.01 / ||v||.
+
+    Under torchrun every gradient above is averaged over the processes as soon as it is
+    taken (each process holds a shard of the batches), so each is the gradient of the mean
+    loss over the global batch and every process steps alpha/beta alike.
     """
 
     def __init__(self, model: SearchNetwork, config: SearchConfig, device=torch.device("cpu"),
@@ -513,7 +528,7 @@ class Architect:
             grads, loss = self.unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
         else:
             loss = _loss(self.forward, x_valid, y_valid, self.device, self.config.amp)
-            grads = _grad(loss, self.model.arch_parameters())
+            grads = distributed.all_reduce_mean(_grad(loss, self.model.arch_parameters()))
         for p, g in zip(self.model.arch_parameters(), grads):
             p.grad = g
         self.optimizer.step()
@@ -530,7 +545,7 @@ class Architect:
         # w' = one virtual SGD step; done in place and undone (no second network). All of
         # the second-order step runs in fp32 (_loss_fp32), even when the search uses bf16.
         loss = _loss_fp32(self.forward, x_train, y_train, dev)
-        g_w = _grad(loss, weights)
+        g_w = distributed.all_reduce_mean(_grad(loss, weights))
         saved = [w.detach().clone() for w in weights]
         buffers = [b.detach().clone() for b in model.buffers()]
         with torch.no_grad():
@@ -540,7 +555,7 @@ class Architect:
                 moment = cfg.momentum * buf if buf is not None else 0.0
                 w.sub_(lr * (moment + g + cfg.weight_decay * w))
         loss_val = _loss_fp32(self.forward, x_valid, y_valid, dev)
-        grads = _grad(loss_val, arch + weights)
+        grads = distributed.all_reduce_mean(_grad(loss_val, arch + weights))
         d_alpha, v = grads[:len(arch)], grads[len(arch):]
         with torch.no_grad():  # back to w; the virtual step's BN statistics are dropped too
             for w, s in zip(weights, saved):
@@ -559,7 +574,7 @@ class Architect:
                 for w, t in zip(weights, v):
                     w.add_(t, alpha=sign * R)
             loss = _loss_fp32(self.forward, x, y, self.device)
-            grads.append(_grad(loss, arch))
+            grads.append(distributed.all_reduce_mean(_grad(loss, arch)))
         with torch.no_grad():
             for w, t in zip(weights, v):
                 w.add_(t, alpha=R)
@@ -681,12 +696,14 @@ CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was
 
 # Where the network stays NCHW (K > 1), the mixed ops may still run in NHWC: each state's
 # first C/K channels are copied once into a contiguous NHWC tensor that every edge and op
-# reading the state shares, and the ops' outputs return to NCHW once per node. No narrow
-# NHWC slice reaches a kernel (the unsafe case above), and oneDNN's depthwise kernels,
-# slow in NCHW (5x5 backward 2-3x slower at 4-8 channels), run in their fast layout.
-# Per K, as the newest CPU record of `make bench` measured it (same step, NCHW ops vs NHWC
-# ops, in alternation); a test keeps the two in agreement.
-CPU_OPS_CHANNELS_LAST = {2: True, 4: True, 8: True}
+# reading the state shares, and the ops' outputs return to NCHW once per node; no narrow
+# NHWC slice reaches a kernel. Per K, as the newest CPU record of `make bench` measured it
+# (same step, NCHW ops vs NHWC ops, in alternation); a test keeps the two in agreement.
+# Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells), NHWC ops / NCHW ops: 1.02 at
+# K=2, 1.18 at K=4, 1.26 at K=8. Before the depthwise rewrites (convs.py) NHWC ops were
+# 10% faster on one thread, but BN over 2-8 channels is slow in NHWC, and once the
+# depthwise backward is fast in NCHW too, that is what remains: NCHW everywhere.
+CPU_OPS_CHANNELS_LAST = {2: False, 4: False, 8: False}
 
 
 def uses_channels_last(config: SearchConfig, device) -> bool:
@@ -724,11 +741,14 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
     if resume is not None:
         ckpt = load_checkpoint(resume)
         out = out if out is not None else resume
+        distributed.check_world(ckpt.get("world_size"), Path(resume) / CHECKPOINT)
+    distributed.check_batch(config.batch_size)
+    main = distributed.is_main()  # only rank 0 writes files and shows the bar
     run_dir = Path(out) if out is not None else None
     torch.manual_seed(config.seed)
     data = load(config.dataset, train=True, size=config.image_size, device=device,
                 n=config.train_images)
-    if run_dir is not None:  # once the data is there: a refused dataset leaves no folder
+    if run_dir is not None and main:  # once the data is there: a refused dataset leaves no folder
         run_dir.mkdir(parents=True, exist_ok=True)
     train_ds, valid_ds = split(data, config.train_portion, seed=config.seed)
     cuda = device.type == "cuda"
@@ -739,6 +759,7 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                                 drop_last=True, channels_last=channels_last)
     model = SearchNetwork(config.C, data.num_classes, config.layers, config.k, config.edge_norm,
                           config.steps, config.multiplier, in_channels=data.shape[0]).to(device)
+    distributed.broadcast_parameters(model)  # every rank starts from rank 0's supernet
     apply_layout(model, config, device)
     forward_model = model
     if config.compile and cuda:
@@ -764,7 +785,7 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
     from .training import progress_bar
 
     # closed on any exit, Ctrl-C included, so a notebook shows no stale bar
-    with progress_bar(config.epochs * steps, config.method, progress,
+    with progress_bar(config.epochs * steps, config.method, progress and main,
                       initial=start * steps) as bar:
         weights = model.weight_parameters()
         for epoch in range(start, config.epochs):
@@ -779,6 +800,9 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
             for step, ((x, y), (xv, yv)) in enumerate(zip(train_loader, valid_loader)):
                 if step == steps:
                     break
+                # this rank's rows of both global batches (the same rows on every rank: the
+                # loaders are seeded alike)
+                x, y, xv, yv = *distributed.shard(x, y), *distributed.shard(xv, yv)
                 if search_arch:  # arch first, then weights (official train loop order)
                     vloss = architect.step(x, y, xv, yv, lr, w_optimizer)
                     finite &= torch.isfinite(vloss)
@@ -787,6 +811,7 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                 loss = F.cross_entropy(logits.float(), y)
                 w_optimizer.zero_grad(set_to_none=True)
                 loss.backward(inputs=weights)  # gradients for the weights only
+                distributed.all_reduce_grads(weights)  # the global batch's gradient
                 nn.utils.clip_grad_norm_(weights, config.grad_clip)
                 w_optimizer.step()
                 finite &= torch.isfinite(loss.detach())
@@ -796,6 +821,11 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                 if config.record_every and (step + 1) % config.record_every == 0:
                     history.steps.append({"epoch": epoch + 1, "step": step + 1, **_snapshot(model)})
                 bar.update(1)
+            if distributed.active():  # the global batch's numbers, in one collective
+                distributed.average_buffers(model)
+                loss_sum, correct, bad, seen = distributed.all_reduce_sum(
+                    loss_sum, correct, (~finite).long(), torch.tensor(seen, device=device))
+                finite, seen = bad == 0, int(seen)
             arch_ok = all(torch.isfinite(p).all() for p in model.arch_parameters())
             if not bool(finite) or not arch_ok:  # the one host sync of the epoch
                 what = "loss" if not bool(finite) else "alpha/beta"
@@ -816,14 +846,15 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                 getattr(history, key).append(value)
             history.seconds.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{va:.3f}")
-            if run_dir is not None:
+            if run_dir is not None and main:
                 state = {"config": asdict(config), "epoch": epoch + 1, "model": model.state_dict(),
                          "w_optimizer": w_optimizer.state_dict(),
                          "a_optimizer": architect.optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(),
                          "train_loader": train_loader.state_dict(),
                          "valid_loader": valid_loader.state_dict(),
-                         "rng": torch.get_rng_state(), "history": history.to_dict()}
+                         "rng": torch.get_rng_state(), "history": history.to_dict(),
+                         "world_size": distributed.world_size()}
                 save(state, run_dir / CHECKPOINT)
                 write_json(run_dir / "history.json", history.to_dict())
                 write_json(run_dir / "genotype.json", snap["genotype"])
@@ -959,12 +990,16 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
         table, table_name = check_retrain(config_check, preset)
         retrain_device = torch.device("cpu") if "CPU" in table.header.get("device", "CPU") \
             else device
-    if resume is None and overwrite:  # only once every check has passed
+    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
+    if resume is None and overwrite and distributed.is_main():  # once every check has passed
         rf.clear(run_dir)
     result = search(config, out=run_dir, resume=resume, device=device)
     h, g = result.history, result.genotype
+    if not distributed.is_main():  # rank 0 writes the files and retrains; the others are done
+        return {"run_dir": run_dir, "result": str(g), "files": {}, "summary": {}}
     label = preset if preset in LONGER else (preset_name(preset) if resume is None else None)
-    summary = {**summarize_run(result), "preset": label, "device": device_label(device)}
+    summary = {**summarize_run(result), "preset": label, "device": device_label(device),
+               "processes": distributed.world_size()}
     # The search's files first: an interrupted or refused retraining loses none of them.
     files = {"genotype": run_dir / "genotype.json", "history": run_dir / "history.json",
              "summary": run_dir / "summary.json"}
@@ -982,8 +1017,9 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
 
         print(f"retraining the found cell with the {table_name} table's protocol "
               f"({retrain_device.type}) ...")
-        placed = tables.retrain("pc-darts", g.to_dict(), result.config.seed, table_name,
-                                retrain_device, table=table, progress=True)
+        with distributed.alone():  # rank 0 retrains by itself (the others have ended)
+            placed = tables.retrain("pc-darts", g.to_dict(), result.config.seed, table_name,
+                                    retrain_device, table=table, progress=True)
         summary.update({"retrain_accuracy": placed["accuracy"],
                         "reference_percentile": placed["percentile"],
                         "random_median": placed["random_median"],

@@ -33,10 +33,15 @@ two equivalent forms may remain, never a wrong merge).
 
 Left out: the paper's child training details we could not read (20 epochs, N=2, F=24 are
 used for ``full``; optimizer settings are ours), the 1,160-model budget (set by B and K),
-the ImageNet transfer, and distributed training. Children train concurrently on one device
-instead (threads, one CUDA stream per worker). Resume replays the search from the cache of
-trained children (checkpointed after every batch of ``workers`` children): every other
-step is seeded, so the replay takes the same decisions (exactly so on a CPU).
+the ImageNet transfer. Children train concurrently on one device (threads, one CUDA stream
+per worker); under torchrun (:mod:`nas_tutorial.distributed`) each batch of children is
+spread over the processes as well (child i of a batch on rank i mod W, each rank with its
+own threads), and every rank gathers every accuracy: the surrogates, fitted alike on every
+rank, take the same decisions everywhere, and a child's accuracy does not depend on the
+rank that trained it (its seed is its cell's). Rank 0 writes the files. Resume replays the
+search from the cache of trained children (checkpointed after every batch of ``workers``
+children per process): every other step is seeded, so the replay takes the same decisions
+(exactly so on a CPU).
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import TrainConfig, preset_name
 from .runfolders import read_checkpoint
 from .data import holdout, load, resolve_device, split
@@ -677,21 +683,24 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
     if run_dir is not None and resume:
         cache.update(_load_checkpoint(run_dir, config))
     train_fn = oracle or train_fn or ChildTrainer(config, device)  # loads the data
-    if run_dir is not None:  # once the data is there: a refused dataset leaves no folder
+    main = distributed.is_main()  # only rank 0 writes the checkpoint and shows the bar
+    if run_dir is not None and main:  # once the data is there: a refused dataset leaves no folder
         run_dir.mkdir(parents=True, exist_ok=True)
     result = SearchResult(config, table_seed=oracle.seed if oracle else None)
     t0 = time.perf_counter()
     n_pnas = len(one_block_cells(config.ops)) + (config.blocks - 1) * config.beam
     n_total = n_pnas * (2 if config.random_baseline else 1)
-    bar = progress_bar(n_total, f"PNAS children ({config.oracle})", progress)
-    batch = config.workers if oracle is None else 10 ** 6  # a lookup needs no batching
+    bar = progress_bar(n_total, f"PNAS children ({config.oracle})", progress and main)
+    # a batch: `workers` children on each process (a table lookup needs no batching)
+    batch = config.workers * distributed.world_size() if oracle is None else 10 ** 6
 
     def run(cells, source, predicted=None):
         todo = [c for c in cells if cell_key(c) not in cache]
         for s in range(0, len(todo), batch):
             chunk = todo[s:s + batch]
             try:
-                accuracies = train_fn(chunk)
+                accuracies = (train_fn(chunk) if oracle is not None
+                              else distributed.spread(train_fn, chunk))
             except Diverged as e:  # the checkpoint of the children before this batch stays
                 kept = (f"{len(cache)} children, {run_dir / 'checkpoint.json'}"
                         if run_dir is not None and (run_dir / "checkpoint.json").is_file()
@@ -702,7 +711,7 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
             for c, acc in zip(chunk, accuracies):
                 cache[cell_key(c)] = float(acc)
             result.trained += len(chunk)
-            if run_dir is not None:
+            if run_dir is not None and main:
                 write_json(run_dir / "checkpoint.json",
                            {"config": _config_dict(config), "children": cache})
             bar.update(len(chunk))
@@ -735,6 +744,9 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
             ref = reference.cells(b) if reference is not None else []
             bar.set_postfix_str(f"b={b}: ranking {len(children)} children")
             preds = fit_predict(children + ref, seed=config.seed * 100 + b)
+            # every rank fitted the same surrogate on the same data; rank 0's predictions
+            # decide, so that a last-bit difference between machines cannot split the beam
+            preds = distributed.broadcast_object(preds)
             ref_preds = {kind: p[len(children):] for kind, p in preds.items()}
             preds = {kind: p[:len(children)] for kind, p in preds.items()}
             order = np.argsort(-preds[config.predictor], kind="stable")[:config.beam]
@@ -857,10 +869,13 @@ def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, o
         suffix = "-table" if config.oracle == "table" else ""
         run_dir = rf.check_new(out or f"runs/pnas-{preset_name(preset)}{suffix}-seed{config.seed}",
                                "pnas", overwrite)
-        if overwrite:
-            rf.clear(run_dir)
+    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
+    if resume is None and overwrite and distributed.is_main():
+        rf.clear(run_dir)
     result = search(config, run_dir=run_dir, resume=resume is not None, device=device)
     best = result.best
+    if not distributed.is_main():  # rank 0 writes the files
+        return {"run_dir": run_dir, "result": best["key"], "files": {}}
     write_json(run_dir / "best_cell.json", result.best_genotype.to_dict())  # atomic
     write_json(run_dir / "cells.json", result.to_dict())
     write_json(run_dir / "summary.json", summary(result))

@@ -19,8 +19,16 @@ ECCV 2020, and the official code (megvii-model/SinglePathOneShot). What is here:
 - Ranking quality: Kendall tau between inherited and stand-alone accuracy, with and
   without BN recalibration, against the ``spos`` ground-truth table.
 
-Left out: mixed-precision quantization search (Sec. 3.3) and multi-GPU training. BN
-recalibration averages batch statistics exactly instead of the official momentum 0.1.
+Several GPUs or machines (torchrun, :mod:`nas_tutorial.distributed`): the supernet trains
+data-parallel; every process draws the same path each step (one ``random.Random`` seeded
+with the run seed, touched by nothing else) and the same global batch, keeps its shard, and
+the path's gradients are averaged over the processes, so the unsampled blocks have no
+gradient on any process and stay untouched. The search after training (BN recalibration,
+evolution, random search) runs on rank 0 alone.
+
+Left out: mixed-precision quantization search (Sec. 3.3); spreading the evolution's
+fitness evaluations over processes. BN recalibration averages batch statistics exactly
+instead of the official momentum 0.1.
 Figures live in :mod:`nas_tutorial.spos_viz`.
 """
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .data import DeviceLoader, holdout, load, resolve_device, split
 from .checkpoints import save, write_json
 from .training import autocast, diverged, nonfinite, progress_bar
@@ -555,12 +564,15 @@ def make_optimizer(supernet: nn.Module, cfg: SPOSConfig) -> torch.optim.SGD:
 
 def train_step(supernet, optimizer, x, y, path, cfg: SPOSConfig):
     """One step on one path (Eq. 8). Grads are set to None, not zero: blocks off the path
-    get no gradient, and SGD then skips them, momentum and weight decay included."""
+    get no gradient, and SGD then skips them, momentum and weight decay included. Under
+    torchrun ``x, y`` is this process's shard and the path's gradients are averaged over the
+    processes (every process trains the same path, so the same parameters have one)."""
     with autocast(x.device, cfg.amp):
         logits = supernet(x, path)  # (B, num_classes)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.all_reduce_grads(supernet.parameters())
     optimizer.step()
     return loss, logits
 
@@ -584,7 +596,10 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
+    distributed.check_batch(cfg.batch_size)
+    main = distributed.is_main()  # only rank 0 writes the checkpoint and shows the bar
     supernet.to(device)
+    distributed.broadcast_parameters(supernet)  # every rank starts from rank 0's weights
     if cuda:
         supernet.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(supernet, cfg)
@@ -592,8 +607,8 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
                           channels_last=cuda)
     total = cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)  # the paths: the same on every rank
+    torch.manual_seed(distributed.rank_seed(cfg.seed))  # dropout: each rank its own masks
     history = {"epoch": [], "train_loss": [], "train_acc": [], "seconds": [], "first_losses": []}
     start = 0
     checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -605,14 +620,18 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         supernet.load_state_dict(state["model"])
         history, start = state["history"], state["epoch"]
         if start < cfg.epochs:
+            distributed.check_world(state.get("world_size"), checkpoint)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             loader.load_state_dict(state["loader"])
             rng.setstate(state["rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if cuda and state.get("cuda_rng") is not None:  # dropout draws on the device
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-    bar = progress_bar(total, "supernet", progress)
+            # every rank its own dropout generators (one process: rank 0's, as before)
+            mine = state.get("rngs", [(state["torch_rng"], state.get("cuda_rng"))])[
+                distributed.rank()]
+            torch.set_rng_state(mine[0])
+            if cuda and mine[1] is not None:  # dropout draws on the device
+                torch.cuda.set_rng_state(mine[1], device)
+    bar = progress_bar(total, "supernet", progress and main)
     bar.update(start * len(loader))
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -622,8 +641,10 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         finite = torch.ones((), device=device, dtype=torch.bool)
         first = []
         for x, y in loader:
+            # the same path on every rank: rng is seeded alike and used for nothing else
             path = sample_path(cfg.supernet, rng, cfg.sampling == "window",
                                flops_limit=cfg.flops_limit)
+            x, y = distributed.shard(x, y)  # this rank's rows of the global batch
             loss, logits = train_step(supernet, optimizer, x, y, path, cfg)
             scheduler.step()
             loss_sum += loss.detach().float() * y.numel()
@@ -632,6 +653,12 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
             if epoch == 0 and len(first) < FIRST_STEPS:
                 first.append(loss.detach().float())
             bar.update(1)
+        if distributed.active():  # the global batch's numbers, in one collective
+            distributed.average_buffers(supernet)
+            loss_sum, correct, flag = distributed.all_reduce_sum(loss_sum, correct,
+                                                                 (~finite).long())
+            finite = flag == 0
+            first = distributed.all_reduce_mean(first)  # each the global batch's mean loss
         bad = nonfinite(finite, supernet)  # read with the epoch's loss and accuracy
         if bad is not None:
             bar.close()
@@ -651,13 +678,18 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         history["seconds"].append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}",
                         acc=f"{history['train_acc'][-1]:.3f}")
-        if checkpoint is not None:
+        # the dropout generators of every rank, for an exact resume (one collective)
+        rngs = distributed.gather_object(
+            (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+        ) if checkpoint is not None else None
+        if checkpoint is not None and main:
             state = {"model": supernet.state_dict(), "history": history, "epoch": epoch + 1,
                      "config": asdict(cfg)}
-            if epoch + 1 < cfg.epochs:
+            if epoch + 1 < cfg.epochs:  # a finished supernet serves any number of processes
                 state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                             world_size=distributed.world_size(),
                              loader=loader.state_dict(), rng=rng.getstate(),
-                             torch_rng=torch.get_rng_state(),
+                             torch_rng=torch.get_rng_state(), rngs=rngs,
                              cuda_rng=torch.cuda.get_rng_state(device) if cuda else None)
             save(state, checkpoint)
         if callback is not None:
@@ -1172,8 +1204,6 @@ def cli_search(preset=None, flops_limit=None, params_limit=None, population=None
     ``overwrite`` replaces a run in it); ``resume`` continues a run with its saved settings,
     and every flag given must agree with them."""
     from . import runfolders as rf
-    from . import spos_viz
-    from .viz import save_html, save_svg
 
     given = dict(flops_limit=flops_limit, params_limit=params_limit, population=population,
                  generations=generations, sampling=sampling, seed=seed)
@@ -1197,15 +1227,34 @@ def cli_search(preset=None, flops_limit=None, params_limit=None, population=None
     check_budget(cfg.supernet, cfg.flops_limit, cfg.params_limit)  # before any training
     if resume is None:
         run_dir = rf.check_new(out or run_folder(cfg), "spos", overwrite)
-        if overwrite:
-            rf.clear(run_dir)
+    distributed.check_batch(cfg.batch_size)
+    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
+    main = distributed.is_main()
+    if resume is None and overwrite and main:
+        rf.clear(run_dir)
     device = resolve_device(device)
     train_ds, valid_ds = load_data(cfg, device)
-    run_dir.mkdir(parents=True, exist_ok=True)  # once the data is there
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # once the data is there
     torch.manual_seed(seed)
     supernet = Supernet(cfg.supernet)
     history = train_supernet(supernet, train_ds, cfg, device, run_dir / "supernet.pt",
                              progress=progress)
+    if not main:  # the search after training runs on rank 0, which writes every file
+        return {"run_dir": run_dir, "result": "", "files": {}}
+    with distributed.alone():  # rank 0 alone: no collective waits for the others
+        return _search_and_write(cfg, supernet, history, train_ds, valid_ds, run_dir, device,
+                                 progress)
+
+
+def _search_and_write(cfg, supernet, history, train_ds, valid_ds, run_dir, device,
+                      progress) -> dict:
+    """The part of ``search spos`` after supernet training: evolution and random search,
+    ranking quality, and every file of the run folder."""
+    from . import spos_viz
+    from .viz import save_html, save_svg
+
+    seed = cfg.seed
     evaluator = PathEvaluator(supernet, train_ds, valid_ds, cfg.recal_batches,
                               cfg.recal_batch_size, amp=cfg.amp, seed=seed)
     evaluator.load_cache(run_dir / "fitness.json")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset, resolve_device
 
@@ -153,6 +154,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     :class:`History`. The model is left on ``device`` in eval mode. A NaN/Inf in the loss or
     the weights raises :class:`Diverged` at the end of its epoch, before the callback: a
     checkpoint the callback wrote stays the last good one.
+
+    Under torchrun (:func:`nas_tutorial.distributed.init` called) every process draws the
+    same global batch of ``config.batch_size`` and trains on its shard through
+    DistributedDataParallel, which averages the gradients: every process holds the same
+    weights, and the history counts every image of the global batch. The progress bar shows
+    on rank 0 only; the callback runs on every rank (write files in it on rank 0 only).
     """
     config = config or TrainConfig()
     if isinstance(data, tuple):
@@ -161,11 +168,28 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
         raise TypeError("data must be an ImageDataset or a (train, valid) pair of them")
     device = resolve_device(device)
     cuda = device.type == "cuda"
-    torch.manual_seed(config.seed)
+    distributed.check_batch(config.batch_size)
+    # drop-path masks: each rank its own for its own images (rank 0: as one process)
+    torch.manual_seed(distributed.rank_seed(config.seed))
     channels_last = config.channels_last
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # The module the steps call: DDP averages the gradients during backward (and starts
+    # every rank from rank 0's weights). Its loss is the mean over the rank's shard, so the
+    # average over equal shards is the gradient of the mean over the global batch. BN
+    # buffers are not broadcast every step: they are averaged once an epoch instead.
+    forward = model
+    if distributed.active():
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # newer torch calls the switch forward_sync_buffers (broadcast_buffers deprecated)
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+            DistributedDataParallel).parameters else "broadcast_buffers")
+        forward = DistributedDataParallel(model, device_ids=[device] if cuda else None,
+                                          **{no_sync: False})
     loader = DeviceLoader(data.to(device), config.batch_size, train=True, seed=config.seed,
                           cutout=config.cutout, channels_last=channels_last)
     valid_loader = (DeviceLoader(valid.to(device), 512, train=False,
@@ -177,7 +201,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs,
                                                            eta_min=config.lr_min)
     history = History()
-    bar = progress_bar(config.epochs * steps, "train", progress)
+    bar = progress_bar(config.epochs * steps, "train", progress and distributed.is_main())
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         if hasattr(model, "drop_path_prob"):
@@ -193,8 +217,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
             if STOP.is_set():
                 bar.close()
                 raise KeyboardInterrupt("stopped: a run beside this one was interrupted")
+            x, y = distributed.shard(x, y)  # this rank's rows of the global batch
             with autocast(device, config.amp):
-                out = model(x)
+                out = forward(x)
                 logits = _logits(out)
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 if isinstance(out, tuple):
@@ -209,6 +234,11 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
             bar.update(1)
+        if distributed.active():  # the whole global batch's numbers, one collective
+            distributed.average_buffers(model)
+            loss_sum, correct, bad, seen = distributed.all_reduce_sum(
+                loss_sum, correct, (~finite).long(), torch.tensor(seen, device=device))
+            finite, seen = bad == 0, int(seen)
         bad = nonfinite(finite, model)  # read with the epoch's other numbers
         if bad is not None:
             bar.close()

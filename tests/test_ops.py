@@ -62,9 +62,12 @@ def test_factorized_reduce_handles_odd_sizes():
 
 
 def test_factorized_reduce_is_the_official_two_convs():
-    """One grouped conv over the two stride-2 grids = cat(conv_1(x), conv_2(x shifted))."""
+    """The search's form, one grouped conv over the two stride-2 grids, is the official
+    cat(conv_1(x), conv_2(x shifted)); evaluation networks keep the official form."""
+    assert FactorizedReduce(6, 8).grouped is False
     torch.manual_seed(0)
     fr = FactorizedReduce(6, 8, affine=False).double()
+    fr.grouped = True
     for size in (8, 7):
         x = torch.randn(2, 6, size, size, dtype=torch.float64)
         y = torch.relu(x)
@@ -77,6 +80,7 @@ def test_factorized_reduce_is_the_official_two_convs():
 def test_factorized_reduce_backward_in_nhwc_with_narrow_halves_is_safe():
     """torch 2.14.1's CPU conv backward corrupted the heap on a channel slice of an NHWC cat
     with 1-2 channels per half (the process aborts); the grouped conv never builds one."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -87,13 +91,14 @@ def test_factorized_reduce_backward_in_nhwc_with_narrow_halves_is_safe():
         "torch.set_num_threads(1)\n"
         "for c in (2, 4):\n"
         "    fr = FactorizedReduce(c, c, affine=False).to(memory_format=torch.channels_last)\n"
+        "    fr.grouped = True\n"
         "    for _ in range(50):\n"
         "        x = torch.randn(32, c, 8, 8).contiguous(memory_format=torch.channels_last)\n"
         "        fr(x.requires_grad_()).square().sum().backward()\n"
         "print('ok')\n")
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=root, env={"MALLOC_CHECK_": "3", "PATH": "/usr/bin:/bin"},
+                         cwd=root, env={**os.environ, "MALLOC_CHECK_": "3"},
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-300:]
 
@@ -147,7 +152,6 @@ def test_depthwise_conv_takes_the_rewrites(monkeypatch):
     assert x.grad is not None
 
 
-
 def test_depthwise_conv_under_cpu_autocast_matches_torch():
     from nas_tutorial.convs import DepthwiseConv2d
 
@@ -165,3 +169,38 @@ def test_depthwise_conv_under_cpu_autocast_matches_torch():
     for a, b in zip(ours, theirs):  # bf16 sums in another order: close as a whole
         assert a.dtype == b.dtype == torch.float32
         assert float((a - b).norm() / b.norm()) < 2e-2
+
+
+def test_fast_backward_only_in_the_search_supernet():
+    """Evaluation networks (whose trainings the tables recorded) keep torch's kernels; the
+    search's mixed ops get the rewrites, with the same parameters."""
+    from nas_tutorial import pc_darts
+    from nas_tutorial.convs import DepthwiseConv2d, fast_backward
+
+    plain = OPS["sep_conv_5x5"](4, 1, True)
+    assert not any(isinstance(m, DepthwiseConv2d) for m in plain.modules())
+    state = {k: v.clone() for k, v in plain.state_dict().items()}
+    fast = fast_backward(plain)
+    assert sum(isinstance(m, DepthwiseConv2d) for m in fast.modules()) == 2
+    assert all(torch.equal(v, state[k]) for k, v in fast.state_dict().items())
+    mixed = pc_darts.MixedOp(4, 2)
+    assert sum(isinstance(m, DepthwiseConv2d) for m in mixed.modules()) == 6
+    assert all(m.grouped for m in mixed.modules() if isinstance(m, FactorizedReduce))
+
+
+@pytest.mark.parametrize("k,pad,stride,dilation", [(2, 1, 1, 2), (4, 3, 1, 2), ((3, 5), (1, 2), 1, 1)])
+def test_depthwise_conv_odd_settings_fall_back_exactly(k, pad, stride, dilation):
+    """Even kernels with dilation 2 (odd padding) and non-square settings: torch's result."""
+    from nas_tutorial.convs import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(3, k, stride, pad, dilation).double()
+    ref = torch.nn.Conv2d(3, 3, k, stride, pad, dilation, groups=3, bias=False).double()
+    ref.weight.data.copy_(conv.weight.data)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    assert y.shape == ref(x).shape
+    ours = torch.autograd.grad(y.square().sum(), [x, conv.weight])
+    theirs = torch.autograd.grad(ref(x).square().sum(), [x, ref.weight])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
