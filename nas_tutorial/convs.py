@@ -54,8 +54,8 @@ class DepthwiseConv2d(nn.Conv2d):
         if x.device.type != "cpu" or not torch.is_grad_enabled() or not square:
             return super().forward(x)
         weight, dtype = self.weight, _cpu_autocast_dtype()
-        if dtype is not None and x.dtype == torch.float32:  # as autocast casts: one dtype
-            x, weight = x.to(dtype), weight.to(dtype)       # in the backward too
+        if dtype is not None:  # cast float32 as autocast would: one dtype in the backward
+            x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
         return _Depthwise.apply(x, weight, self.stride[0], self.padding[0], self.dilation[0])
 
 
