@@ -516,7 +516,8 @@ class Architect:
                  forward=None):
         # ``forward``: a compiled view of ``model`` (same parameters) for the forward passes.
         self.model, self.config, self.device = model, config, device
-        self.forward = forward if forward is not None else model  # a compiled module has no truth value
+        # ``forward or model`` would ask a compiled module for its truth value, which it refuses
+        self.forward = forward if forward is not None else model
         self.r = 1e-2  # R = r / ||v|| of the finite difference (DARTS Sec. 2.3 / architect.py)
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
                                           betas=config.arch_betas,

@@ -384,6 +384,14 @@ def _repeats_exactly(k, channels_last, monkeypatch, ops=False) -> bool:
     return runs[0].train_loss == runs[1].train_loss and runs[0].alpha_normal == runs[1].alpha_normal
 
 
+def test_architect_takes_a_compiled_forward():
+    """`compile=True` hands the Architect torch.compile(model); it used to raise at once."""
+    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1)
+    compiled = torch.compile(net)
+    arch = pc.Architect(net, _tiny(), forward=compiled)
+    assert arch.forward is compiled
+
+
 def test_nchw_repeats_a_seeded_search_exactly(monkeypatch):
     for k in (2, 4):
         assert _repeats_exactly(k, False, monkeypatch), k
