@@ -493,6 +493,23 @@ def _loss_fp32(model, x, y, device):
         return F.cross_entropy(model(x).float(), y)
 
 
+@contextlib.contextmanager
+def _frozen(params):
+    """``params`` need no gradient inside the block. The architecture step wants d/d alpha
+    only: torch's own kernels skip the weight gradients then anyway, but a custom autograd
+    Function (``convs.DepthwiseConv2d``) is only told what requires grad, so without this it
+    computes every depthwise weight gradient for nothing (the K=4 architecture pass, 2 CPU
+    threads: 1.32 s instead of 1.62 s). Same numbers either way."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def _grad(loss, params):
     # A network with fewer than 3 cells has no normal cell: its alphas get zero gradient.
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -528,8 +545,10 @@ class Architect:
         if self.config.unrolled:
             grads, loss = self.unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
         else:
-            loss = _loss(self.forward, x_valid, y_valid, self.device, self.config.amp)
-            grads = distributed.all_reduce_mean(_grad(loss, self.model.arch_parameters()))
+            with _frozen(self.model.weight_parameters()):
+                loss = _loss(self.forward, x_valid, y_valid, self.device, self.config.amp)
+                grads = _grad(loss, self.model.arch_parameters())
+            grads = distributed.all_reduce_mean(grads)
         for p, g in zip(self.model.arch_parameters(), grads):
             p.grad = g
         self.optimizer.step()
@@ -574,8 +593,9 @@ class Architect:
             with torch.no_grad():
                 for w, t in zip(weights, v):
                     w.add_(t, alpha=sign * R)
-            loss = _loss_fp32(self.forward, x, y, self.device)
-            grads.append(distributed.all_reduce_mean(_grad(loss, arch)))
+            with _frozen(weights):
+                loss = _loss_fp32(self.forward, x, y, self.device)
+                grads.append(distributed.all_reduce_mean(_grad(loss, arch)))
         with torch.no_grad():
             for w, t in zip(weights, v):
                 w.add_(t, alpha=R)

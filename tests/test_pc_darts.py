@@ -571,3 +571,46 @@ def test_cli_long_preset_names_its_run_folder(tmp_path, monkeypatch):
     assert cli_main(["search", "pc-darts", "--preset", "long", "--epochs", "1"]) == 0
     s = json.loads((tmp_path / "runs" / "pc-darts-long-seed0" / "summary.json").read_text())
     assert s["preset"] == "long" and s["config"]["C"] == 16 and s["config"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_architecture_step_takes_no_depthwise_weight_gradient(monkeypatch, unrolled):
+    """The architecture passes want d/d alpha only: no depthwise weight gradient is taken
+    there, the weights require grad again afterwards, and the alpha gradient is the one
+    taken the plain way (weights left requiring grad)."""
+    from nas_tutorial import convs
+
+    torch.manual_seed(0)
+    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1).double()
+    twin = copy.deepcopy(net)
+    x, y = torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (8,))
+
+    masks, taken = [], []
+    native = convs._native
+
+    def spy(grad, x, weight, conf, mask):
+        masks.append(tuple(mask))
+        return native(grad, x, weight, conf, mask)
+
+    monkeypatch.setattr(convs, "_native", spy)
+    monkeypatch.setattr(pc.distributed, "all_reduce_mean", lambda g: taken.append([t.clone() for t in g]) or g)
+    arch = pc.Architect(net, _tiny(unrolled=unrolled))
+    if unrolled:  # the finite differences are the frozen passes
+        v = [torch.randn_like(w) for w in net.weight_parameters()]
+        arch._hessian_vector_product(v, x, y)
+        R = arch.r / torch.cat([t.flatten() for t in v]).norm()
+        with torch.no_grad():  # the twin at w + R v, where the first gradient is taken
+            for w, t in zip(twin.weight_parameters(), v):
+                w.add_(t, alpha=R)
+        taken = taken[:1]
+    else:
+        arch.step(torch.zeros(0), torch.zeros(0), x, y, lr=0.05)
+    assert masks and (False, True) not in masks  # input gradients only
+    assert all(w.requires_grad for w in net.weight_parameters())
+
+    loss = F.cross_entropy(twin(x).float(), y)  # the loss the Architect takes
+    plain = torch.autograd.grad(loss, twin.arch_parameters())
+    assert taken
+    for got in taken:
+        for a, b in zip(got, plain):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
