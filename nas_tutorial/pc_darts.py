@@ -28,8 +28,9 @@ Exact rewrites of the official computation, for speed (performance.md):
   (``convs.fast_backward``: the input gradient as a forward conv with the kernel turned,
   the weight gradient in NHWC or over the four parity grids of a dilated kernel), and its
   factorized reduces are one grouped conv (``ops.FactorizedReduce.grouped``);
-- the architecture step asks autograd for the gradients of alpha/beta only, the weight step
-  for the weights only; the second order step reuses the network in place (the official
+- the architecture step asks autograd for the gradients of alpha/beta only, with the
+  weights frozen for its passes (so that the depthwise convs' custom backward skips their
+  weight gradients too), the weight step for the weights only; the second order step reuses the network in place (the official
   code builds a new network every step); no host sync inside an epoch.
 
 Deviations, all deliberate: the ``quick`` preset is a scaled-down search (16 px Fashion-MNIST, 3 nodes,
@@ -721,9 +722,12 @@ CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was
 # NHWC slice reaches a kernel. Per K, as the newest CPU record of `make bench` measured it
 # (same step, NCHW ops vs NHWC ops, in alternation); a test keeps the two in agreement.
 # Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells), NHWC ops / NCHW ops: 1.02 at
-# K=2, 1.18 at K=4, 1.26 at K=8. Before the depthwise rewrites (convs.py) NHWC ops were
-# 10% faster on one thread, but BN over 2-8 channels is slow in NHWC, and once the
-# depthwise backward is fast in NCHW too, that is what remains: NCHW everywhere.
+# K=2, 1.18 at K=4, 1.26 at K=8; measured again that day on another machine, after the
+# architecture passes stopped taking weight gradients: 0.99, 1.35, 1.47 (and whole-network
+# NHWC at K=1 0.88). K=2 stays NCHW: 1% either way. Before the depthwise rewrites
+# (convs.py) NHWC ops were 10% faster on one thread, but BN over 2-8 channels is slow in
+# NHWC, and once the depthwise backward is fast in NCHW too, that is what remains: NCHW
+# everywhere.
 CPU_OPS_CHANNELS_LAST = {2: False, 4: False, 8: False}
 
 
