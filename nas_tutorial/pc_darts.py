@@ -419,7 +419,8 @@ PRESETS = {
     # data/runs/pc-darts-quick-sweep.json): of five protocols on tuning seeds 100 and 101,
     # retrained with the pc-darts table's protocol, this one placed the found cells highest
     # among the table's random cells (on those seeds; on seeds 0-4 it placed 1 of 5 above the
-    # random median: data/runs/pc-darts-quick-study.json). The paper warms up 15 of 50
+    # random median: data/runs/pc-darts-quick-study.json; 0 of 5 when run again after the
+    # exact CPU rewrites: pc-darts-quick-restudy.json). The paper warms up 15 of 50
     # epochs; half the run here, because 62 weight steps are all the supernet gets before
     # alpha moves. The arch lr is 10x the paper's: 62 arch steps instead of ~3,400.
     "quick": SearchConfig(dataset="fashion_mnist", image_size=16, train_images=4000,
