@@ -15,7 +15,7 @@ goals are measured on seeds 0-4 with the chosen protocol only.
         w50-lr025 --seeds 100 101 --out data/runs/pc-darts-quick-sweep.json   # the tuning
     python benchmarks/pc_darts_quick_sweep.py --protocols quick --seeds 0 1 2 3 4 \\
         --kind pc-darts-quick-study --out data/runs/pc-darts-quick-study.json  # the goals
-    python benchmarks/pc_darts_quick_sweep.py --protocols quick --seeds 0 1 2 3 4 \
+    python benchmarks/pc_darts_quick_sweep.py --protocols quick --seeds 0 1 2 3 4 \\
         --kind pc-darts-quick-restudy --out data/runs/pc-darts-quick-restudy.json  # again,
         # with the search step's later exact rewrites (another draw, same protocol)
 """

@@ -30,8 +30,9 @@ Exact rewrites of the official computation, for speed (performance.md):
   factorized reduces are one grouped conv (``ops.FactorizedReduce.grouped``);
 - the architecture step asks autograd for the gradients of alpha/beta only, with the
   weights frozen for its passes (so that the depthwise convs' custom backward skips their
-  weight gradients too), the weight step for the weights only; the second order step reuses the network in place (the official
-  code builds a new network every step); no host sync inside an epoch.
+  weight gradients too), the weight step for the weights only; the second order step
+  reuses the network in place (the official code builds a new network every step); no host
+  sync inside an epoch.
 
 Deviations, all deliberate: the ``quick`` preset is a scaled-down search (16 px Fashion-MNIST, 3 nodes,
 10x arch lr) for a CPU; every epoch also evaluates the architecture half (PC-DARTS only
@@ -597,7 +598,8 @@ class Architect:
                     w.add_(t, alpha=sign * R)
             with _frozen(weights):
                 loss = _loss_fp32(self.forward, x, y, self.device)
-                grads.append(distributed.all_reduce_mean(_grad(loss, arch)))
+                g = _grad(loss, arch)
+            grads.append(distributed.all_reduce_mean(g))
         with torch.no_grad():
             for w, t in zip(weights, v):
                 w.add_(t, alpha=R)
