@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test unit notebooks lab bench clean graphviz fashion-mnist chromium run-notebooks html student tables
+.PHONY: setup demo test unit notebooks lab bench clean graphviz fashion-mnist chromium run-notebooks html student tables gpu-check gpu-data
 
 setup: $(STAMP) graphviz fashion-mnist
 
@@ -85,6 +85,21 @@ html: setup chromium
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# On a lent GPU machine (no internet, its own torch, no .venv): the cuda tests, the search
+# step at the papers' sizes, the second-order gradient against float64 and every CLI verb,
+# from source, recorded under data/runs/ (benchmarks/gpu_check.py). DRY=1: the same script
+# on the CPU with tiny sizes (about a minute; a unit test runs it).
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py $(if $(DRY),--dry) $(if $(OUT),--out $(OUT))
+
+# Fashion-MNIST's four files into data/FashionMNIST/raw/, so that a run on a machine without
+# internet can carry them along (the device tool's `carry: ["data/FashionMNIST"]`).
+gpu-data:
+	@src=$$($(PY) -c "import nas_tutorial as nt; print(nt.data.find_fashion_mnist() or '')"); \
+	  [ -n "$$src" ] || { echo "gpu-data: Fashion-MNIST is not installed here (make fashion-mnist)"; exit 1; }; \
+	  mkdir -p data/FashionMNIST/raw && cp -n $$src/*-ubyte.gz data/FashionMNIST/raw/ 2>/dev/null; \
+	  ls data/FashionMNIST/raw
 clean:
 	rm -rf $(VENV) runs .pytest_cache handouts student
 

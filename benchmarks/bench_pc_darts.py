@@ -92,7 +92,7 @@ def measure(k: int, args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1,
-                     compile=args.compile)
+                     compile=args.compile, unrolled=getattr(args, "unrolled", False))
     model = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
     fmt = torch.channels_last if apply_layout(model, cfg, device) else torch.contiguous_format
     forward = torch.compile(model) if args.compile and cuda else model
@@ -210,26 +210,33 @@ def measure_layouts(k: int, args) -> dict:
 def measure_reference(k: int, args) -> dict:
     """The same step done the official way (``reference_pc_darts.RefNetwork``): one ReLU
     per op, the ``none`` op computed, a shuffle per edge, and an architecture step whose
-    ``loss.backward()`` also computes every weight gradient. Same machine, same batch."""
+    ``loss.backward()`` also computes every weight gradient, in fp32 as the official code
+    runs. Same machine, same batch (``args.device``: the CPU unless it names CUDA)."""
     import torch
     import torch.nn.functional as F
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from reference_pc_darts import RefNetwork
 
+    from nas_tutorial.devices import resolve_device
+
+    device = resolve_device(getattr(args, "device", "cpu"))
+    cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     steps, mult = 4, 4
-    ref = RefNetwork(args.C, 10, args.layers, k, steps, mult, 3)
+    ref = RefNetwork(args.C, 10, args.layers, k, steps, mult, 3).to(device)
     n_edges = sum(2 + i for i in range(steps))
-    arch = [torch.nn.Parameter(1e-3 * torch.randn(n_edges, 8)) for _ in range(2)]
+    arch = [torch.nn.Parameter(1e-3 * torch.randn(n_edges, 8, device=device))
+            for _ in range(2)]
     if k > 1:
-        arch += [torch.nn.Parameter(1e-3 * torch.randn(n_edges)) for _ in range(2)]
+        arch += [torch.nn.Parameter(1e-3 * torch.randn(n_edges, device=device))
+                 for _ in range(2)]
     arch_opt = torch.optim.Adam(arch, lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
     shape = (args.batch, 3, args.image_size, args.image_size)
-    x, xv = torch.randn(shape), torch.randn(shape)
-    y, yv = torch.randint(0, 10, (args.batch,)), torch.randint(0, 10, (args.batch,))
+    x, xv = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
 
     def step():
         arch_opt.zero_grad()
@@ -241,17 +248,27 @@ def measure_reference(k: int, args) -> dict:
         opt.step()
 
     base_kb = _reset_peak_rss()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     step()
     times, cpu_times = [], []
     for _ in range(args.steps):
+        if cuda:
+            torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
         step()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-    return {"k": k, "impl": "official-style", "batch": args.batch, "device": "cpu",
+    peak_mb = ((torch.cuda.max_memory_allocated() - base) / 2**20 if cuda
+               else (_peak_rss() - base_kb) / 1024)
+    return {"k": k, "impl": "official-style", "batch": args.batch, "device": str(device),
             "threads": args.threads, "step_s": statistics.median(times),
             "cpu_s": statistics.median(cpu_times),
-            "peak_mb": (_peak_rss() - base_kb) / 1024,
+            "peak_mb": peak_mb,
             "params": sum(p.numel() for p in ref.parameters())}
 
 

@@ -1,11 +1,12 @@
 """nas-tutorial: neural architecture search you can run, read and change.
 
 ``import nas_tutorial as nt`` gives the shared core: the op registry, genotypes, the
-evaluation network, data on the device, the training loop and presets. The methods live in
+evaluation network, data on the device (``nt.devices``: where a run computes and what made
+a recorded number), the training loop and presets. The methods live in
 their own modules (``nt.pc_darts``, ``nt.spos``, ``nt.pnas``); drawings and plots in
 ``nt.viz``. Importing does nothing else: no downloads, no device moves, no seeding.
 """
-from . import data
+from . import data, devices
 from .config import PRESETS, Preset, TrainConfig, get_preset
 from .flops import count_flops
 from .genotypes import GENOTYPES, Genotype, GenotypeError
@@ -16,7 +17,7 @@ from .training import History, evaluate, train, train_genotype
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "PRESETS", "Preset", "TrainConfig", "get_preset", "count_flops", "GENOTYPES",
+    "data", "devices", "PRESETS", "Preset", "TrainConfig", "get_preset", "count_flops", "GENOTYPES",
     "Genotype", "GenotypeError", "NetworkCIFAR", "count_params", "DARTS_OPS", "OPS",
     "PNAS_OPS", "History", "evaluate", "train", "train_genotype",
 ]

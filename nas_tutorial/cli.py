@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--preset", choices=list(PRESETS), default="quick")
     table.add_argument("--device", type=_device, default="cpu",
                        help="cpu (the shipped tables), auto, cuda or cuda:N")
-    table.add_argument("--seeds", type=_positive(), default=2, help="seeds per architecture")
+    table.add_argument("--seeds", type=_positive(), default=None,
+                       help="seeds per architecture (new table: 2; with --resume, more than "
+                            "the file holds extends it)")
     table.add_argument("--out", default=None, help="table file (default data/tables/METHOD-PRESET.json)")
     table.add_argument("--resume", action="store_true", help="continue the file --out names")
     table.add_argument("--threads", type=_positive(), default=None,
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train only the first N architectures (try the protocol)")
     table.add_argument("--parallel", action="store_true",
                        help="train a row's seeds at once, a thread each (pnas; same results)")
+    table.add_argument("--workers", type=_positive(), default=1, metavar="N",
+                       help="train N rows at once in N processes, one thread each (same results)")
     return p
 
 
@@ -291,7 +295,7 @@ def _train(args) -> int:
     from .viz import draw_genotype, plot_history, save_html, save_svg
 
     genotype = resolve(args.genotype)
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, args.device)  # --device cpu: quick unless named
     # checked before training; created only once there is something to write into it
     out = check_new(args.out or f"runs/train-{preset.name}-seed{args.seed}", "train",
                     args.overwrite, empty=True)
@@ -319,7 +323,12 @@ def _train(args) -> int:
 
 
 def _search(args) -> int:
-    common = dict(preset=args.preset, seed=args.seed, out=args.out, resume=args.resume,
+    from .config import preset_name
+
+    # the preset follows the chosen device (--device cpu: quick) unless named; a resumed
+    # run keeps its own
+    preset = args.preset or (None if args.resume else preset_name(None, args.device))
+    common = dict(preset=preset, seed=args.seed, out=args.out, resume=args.resume,
                   overwrite=args.overwrite, device=args.device)
     if args.method in ("pc-darts", "darts"):
         from . import pc_darts
@@ -356,13 +365,20 @@ def _table(args) -> int:
     from .tables import cli_table
 
     result = cli_table(args.table_method, args.preset, args.seeds, args.out, args.resume,
-                       args.threads, args.limit, args.parallel, args.device)
+                       args.threads, args.limit, args.parallel, device=args.device,
+                       workers=args.workers)
     table, s = result["table"], result["table"].stats()
     print(f"table:    {result['path']}")
     print(f"rows:     {s['rows']} x {s['seeds']} seeds, {table.header['wall_s']:.0f} s "
           f"on {table.header['device']}")
+    if "seeds_planned" in table.header:
+        n = table.header["seeds_planned"]
+        print(f"extending: {len(table.complete(n))} of {len(table)} rows have {n} seeds; "
+              f"continue with --resume")
     print(f"noise:    seed SD {s['seed_sd']:.4f}; spread across architectures {s['arch_sd']:.4f}")
-    print(f"ranking:  seed-vs-seed Spearman {s['seed_spearman']:.3f}")
+    print(f"ranking:  seed-vs-seed Spearman {s['seed_spearman']:.3f}"
+          + (f"; split-half {s['split_half']:.3f} (reliability of the mean "
+             f"{s['reliability']:.3f})" if "split_half" in s else ""))
     return 0
 
 

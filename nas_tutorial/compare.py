@@ -393,7 +393,7 @@ def compare(config: CompareConfig | None = None, device="auto", progress=True, o
     ``out`` resumes the searches and retrains only the rows it is missing, and reaches the
     same architectures and accuracies (wall times then count only the resumed part).
     """
-    config = config or get_config()
+    config = config or get_config(preset_name(None, device))  # cpu: quick, even on a GPU machine
     device = resolve_device(device)
     # loaded first: the one-off cost of reading the data is no method's memory or time
     train_ds, test_ds = retrain_data(config.preset, device)
@@ -538,7 +538,8 @@ def random_search(table, n: int, group: str = "random", quantiles=(0.05, 0.5, 0.
     import numpy as np
 
     rows = [r for r in table.complete() if r["group"] == group]
-    acc = np.array([r["accuracy"] for r in rows], dtype=float)  # (rows, seeds)
+    held = len(table.seeds)  # an extension under way reads as the table did before it
+    acc = np.array([r["accuracy"][:held] for r in rows], dtype=float)  # (rows, seeds)
     if acc.ndim != 2 or acc.shape[1] < 2:
         raise ValueError("random_search needs a table with at least two seeds per row")
     vals, weights = [], []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import torch
+from .devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,19 @@ PRESETS = {
 }
 
 
-def get_preset(name: str | None = None) -> Preset:
-    """``name``, else ``$NAS_TUTORIAL_PRESET``, else ``full`` on CUDA and ``quick`` on CPU."""
+def get_preset(name: str | None = None, device="auto") -> Preset:
+    """``name``, else ``$NAS_TUTORIAL_PRESET``, else by the device the run uses: ``full`` on
+    CUDA, ``quick`` on the CPU (``device="cpu"`` on a GPU machine means ``quick``)."""
     name = name or os.environ.get("NAS_TUTORIAL_PRESET") or (
-        "full" if torch.cuda.is_available() else "quick")
+        "full" if resolve_device(device).type == "cuda" else "quick")
     if name not in PRESETS:
         raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
-def preset_name(name: str | None = None) -> str:
+def preset_name(name: str | None = None, device="auto") -> str:
     """The preset name ``get_preset`` would choose, for method configs with own presets."""
-    return get_preset(name).name
+    return get_preset(name, device).name
 
 
 __all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name"]

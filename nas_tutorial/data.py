@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import resolve_device  # noqa: F401  (nt.data.resolve_device, as before)
+
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 OFFLINE = ("digits", "synthetic")
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian/Ubuntu: the four *-ubyte.gz files
@@ -43,12 +45,6 @@ def default_root() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent.parent / "data"
-
-
-def resolve_device(device="auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)

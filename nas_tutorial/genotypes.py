@@ -13,11 +13,29 @@ official code; PNASNet-5 (ECCV 2018) Fig. 1, read from the TensorFlow model defi
 from __future__ import annotations
 
 import json
+import re
 import operator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .ops import OPS
+
+
+MAX_JSON_DEPTH = 16  # a genotype is 3 levels deep, 4 inside a run summary
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of JSON arrays and objects in ``text`` (brackets inside strings
+    do not count); no parsing, so no recursion."""
+    depth = deepest = 0
+    for m in re.finditer(r'"(?:\\.|[^"\\])*"|[\[\]{}]', text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
 
 
 class GenotypeError(ValueError):
@@ -145,15 +163,18 @@ class Genotype:
             raise GenotypeError(f"not valid JSON: {name} is not a number JSON allows (an input "
                                 f"index is a whole number)")
 
+        # The project's own depth check, before the parser: how deep a parser may recurse
+        # differs between Python versions (3.12 reads nesting that 3.11 refuses).
+        if json_depth(text) > MAX_JSON_DEPTH:
+            raise GenotypeError(f"not a genotype: the JSON is nested too deeply (over "
+                                f"{MAX_JSON_DEPTH} levels; a genotype is an object of lists "
+                                f"of [op, index] pairs)")
         try:
             d = json.loads(text, parse_constant=no_constant)
         except GenotypeError:
             raise
         except ValueError as e:  # JSONDecodeError, or an integer of over 4,300 digits
             raise GenotypeError(f"not valid JSON: {e}") from None
-        except RecursionError:
-            raise GenotypeError("not a genotype: the JSON is nested too deeply (a genotype "
-                                "is an object of lists of [op, index] pairs)") from None
         return cls.from_dict(d)
 
     @classmethod

@@ -73,7 +73,8 @@ from torch import nn
 
 from . import distributed
 from .config import preset_name
-from .data import DATASETS, DeviceLoader, load, resolve_device, split
+from .data import DATASETS, DeviceLoader, load, split
+from .devices import full_fp32, machine, resolve_device
 from .genotypes import Genotype
 from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
 from .checkpoints import save, write_json
@@ -478,22 +479,17 @@ def _loss(model, x, y, device, amp):
         return F.cross_entropy(model(x).float(), y)
 
 
-def _no_autocast(device):
-    """A context with autocast off on ``device`` (where torch has autocast for it)."""
-    kind = torch.device(device).type
-    if kind in ("cuda", "cpu"):
-        return torch.autocast(kind, enabled=False)
-    return contextlib.nullcontext()
-
-
 def _loss_fp32(model, x, y, device):
     """The loss in float32 whatever autocast is on. The second-order step differences two
     gradients taken R = 0.01/||v|| apart, far below bf16's resolution (8 bits of mantissa):
     measured on a 5-cell K=4 supernet at lr 0.1 under emulated bf16 autocast, its gradient
     had cosine 0.89 with the float64 one (fp32: 1.0000). The backward passes must run with
-    autocast off too: :meth:`Architect.unrolled_grads` runs whole under :func:`_no_autocast`."""
-    with _no_autocast(device):
-        return F.cross_entropy(model(x).float(), y)
+    autocast off too, and TF32 off on CUDA: :meth:`Architect.unrolled_grads` runs whole
+    under :func:`~nas_tutorial.devices.full_fp32`."""
+    with full_fp32():
+        out = model(x)
+        # at least fp32: a float64 reference network keeps its float64 loss
+        return F.cross_entropy(out.to(torch.promote_types(out.dtype, torch.float32)), y)
 
 
 @contextlib.contextmanager
@@ -559,7 +555,7 @@ class Architect:
         return loss.detach()
 
     def unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
-        with _no_autocast(self.device):  # forward and backward passes, all in fp32
+        with full_fp32():  # forward and backward passes, all in real fp32 (no bf16, no TF32)
             return self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
 
     def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
@@ -679,7 +675,7 @@ def search(config: SearchConfig | None = None, out=None, resume=None, device="au
     """
     device = resolve_device(device)
     threads = torch.get_num_threads()
-    config = _resolve_config(config, resume)
+    config = _resolve_config(config, resume, device)
     if device.type == "cpu" and config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     try:
@@ -688,9 +684,9 @@ def search(config: SearchConfig | None = None, out=None, resume=None, device="au
         torch.set_num_threads(threads)
 
 
-def _resolve_config(config, resume):
+def _resolve_config(config, resume, device="auto"):
     if resume is None:
-        return config or get_config()
+        return config or get_config(preset=preset_name(None, device))
     saved = load_checkpoint(resume)["config"]
     if config is not None and config != saved:
         diff = [f.name for f in fields(SearchConfig)
@@ -939,7 +935,8 @@ def summarize_run(result: SearchResult) -> dict:
     """What ``summary.json`` holds for a search: seed, k, edge_norm, the genotype, its
     parameter-free ops (normal and reduction cell), the skip_connects of the normal cell at
     every epoch (the collapse monitor), the architecture half's accuracy, the whole config,
-    the search's seconds (over every session of a resumed run), torch and date."""
+    the search's seconds (over every session of a resumed run), torch, the machine's
+    fingerprint and date."""
     cfg, h, g = result.config, result.history, result.genotype
     return {"method": cfg.method, "seed": cfg.seed, "k": cfg.k, "edge_norm": cfg.edge_norm,
             "unrolled": cfg.unrolled, "genotype": g.to_dict(),
@@ -952,7 +949,9 @@ def summarize_run(result: SearchResult) -> dict:
             "search_valid_acc": h.valid_acc[-1] if h.valid_acc else None,
             "config": asdict(cfg),
             "search_s": float(sum(h.seconds)),
-            "torch": torch.__version__, "created": time.strftime("%Y-%m-%d")}
+            "torch": torch.__version__,
+            "machine": machine(next(result.network.parameters()).device),
+            "created": time.strftime("%Y-%m-%d")}
 
 
 def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=False,
@@ -971,6 +970,8 @@ def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=
     from . import viz
     from .runs import device_label
 
+    if preset is None and resume is None:  # the preset follows the device (cpu: quick)
+        preset = preset_name(None, device)
     if resume is not None:
         run_dir = rf.check_resume(resume, method, out, overwrite)
         config_check = load_checkpoint(run_dir)["config"]

@@ -668,7 +668,7 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
     """
     from .training import progress_bar
 
-    config = config or get_config()
+    config = config or get_config(preset_name(None, device))
     if resume and run_dir is None:
         raise ValueError("resume needs the run folder (run_dir) to resume from")
     oracle = TableOracle(config, table) if config.oracle == "table" else None
@@ -843,6 +843,8 @@ def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, o
     from . import runfolders as rf
     from .viz import draw_genotype, save_html, save_svg
 
+    if preset is None and resume is None:  # the preset follows the device (cpu: quick)
+        preset = preset_name(None, device)
     if resume is not None:
         run_dir = rf.check_resume(resume, "pnas", out, overwrite)
         saved = rf.read_checkpoint(run_dir, "pnas")["config"]

@@ -7,7 +7,6 @@ with the device and the date. Nothing here is imported by the algorithms.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -15,24 +14,17 @@ import torch
 
 from .checkpoints import write_json
 from .data import default_root
+from .devices import device_label, machine  # noqa: F401  (runs.device_label, as before)
 
 
 def runs_root(root=None) -> Path:
     return Path(root) if root is not None else default_root() / "runs"
 
 
-def device_label(device="auto") -> str:
-    """A human label such as ``NVIDIA H100 80GB HBM3`` or ``CPU x86_64, 2 threads``."""
-    from .data import resolve_device
-
-    device = resolve_device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def record(kind: str, payload: dict, device="auto", root=None, name: str | None = None) -> Path:
-    """Write ``payload`` as ``data/runs/<name>.json`` with device, date and versions."""
+    """Write ``payload`` as ``data/runs/<name>.json`` with device, date, versions and the
+    machine's fingerprint (:func:`nas_tutorial.devices.machine`: a recorded number is
+    compared bit for bit only on the machine that made it)."""
     folder = runs_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
@@ -44,6 +36,7 @@ def record(kind: str, payload: dict, device="auto", root=None, name: str | None 
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": dev,
         "torch": torch.__version__,
+        "machine": machine(device),
         "payload": payload,
     }
     return write_json(folder / f"{name}.json", summary, strict=True)

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .data import DeviceLoader, holdout, load, resolve_device, split
+from .data import DeviceLoader, holdout, load, split
+from .devices import machine, resolve_device
 from .checkpoints import save, write_json
 from .training import autocast, diverged, nonfinite, progress_bar
 
@@ -1071,8 +1072,8 @@ def ranking_ceiling(table, bootstrap: int = 2000, seed: int = 0) -> dict:
     import numpy as np
     from scipy.stats import kendalltau
 
-    acc = np.array([r["accuracy"] for r in table.rows], dtype=float)
-    n = acc.shape[1]
+    n = len(table.seeds)  # an extension under way reads as the table did before it
+    acc = np.array([r["accuracy"][:n] for r in table.complete()], dtype=float)
 
     def parts(a):
         within = a.var(1, ddof=1).mean() if n > 1 else float("nan")
@@ -1204,7 +1205,10 @@ def cli_search(preset=None, flops_limit=None, params_limit=None, population=None
     ``overwrite`` replaces a run in it); ``resume`` continues a run with its saved settings,
     and every flag given must agree with them."""
     from . import runfolders as rf
+    from .config import preset_name
 
+    if preset is None and resume is None:  # the preset follows the device (cpu: quick)
+        preset = preset_name(None, device)
     given = dict(flops_limit=flops_limit, params_limit=params_limit, population=population,
                  generations=generations, sampling=sampling, seed=seed)
     if resume is not None:
@@ -1281,7 +1285,7 @@ def _search_and_write(cfg, supernet, history, train_ds, valid_ds, run_dir, devic
         "evolution_best": best["fitness"], "evolution_best_path": best["path"],
         "random_best": rnd.best["fitness"], "evaluations": len(evo.evaluated),
         "random_evaluations": len(rnd.evaluated), "flops_limit": cfg.flops_limit,
-        "device": str(device), "torch": torch.__version__,
+        "device": str(device), "torch": torch.__version__, "machine": machine(device),
         "created": time.strftime("%Y-%m-%d")}
     write_json(run_dir / "summary.json", summary, strict=True)
     files = {

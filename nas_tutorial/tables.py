@@ -21,9 +21,10 @@ of its own, measured with each method's quick protocol:
   training settings and scored on the test set (``compare.retrain_data``).
 
 A table is a small JSON file (``data/tables/METHOD-PRESET.json``): a header with the
-protocol, the device, the date, the torch version and the wall time; one row per
-architecture with its encoding, params, FLOPs and the accuracy of every seed; and the
-table's own noise and signal (:func:`summarize`). Seed ``s`` of a row is the method's
+protocol, the device, the date, the torch version, the wall time and the machines that
+trained it (:func:`nas_tutorial.devices.machine`; a row's ``machine`` lists, per seed, which
+one, where it is not the first); one row per architecture with its encoding, params, FLOPs
+and the accuracy of every seed; and the table's own noise and signal (:func:`summarize`). Seed ``s`` of a row is the method's
 training with run seed ``s``, so a search with seed ``s`` (``s`` below the table's number
 of seeds; larger seeds wrap around) that looks a row up sees the noise a live training
 with that seed would give. Making a table checkpoints after every
@@ -33,7 +34,6 @@ row and resumes. The algorithms do not import this module; only ``search pc-dart
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .checkpoints import write_json
+from .devices import device_label
 
 METHODS = ("pnas", "spos", "pc-darts")
 
@@ -236,15 +237,31 @@ class Table:
         return list(self.header["seeds"])
 
     def row(self, key: str) -> dict:
+        """The row of ``key`` as the table reads: the header's seeds only (a table being
+        extended holds more in some rows until every row has them)."""
         if key not in self._index:
             raise KeyError(f"{key!r} is not in the {self.method} table")
-        return self._index[key]
+        row, n = self._index[key], len(self.seeds)
+        if len(row.get("accuracy", [])) <= n:
+            return row
+        return {**row, "accuracy": row["accuracy"][:n],
+                **({"machine": row["machine"][:n]} if "machine" in row else {})}
 
     def accuracy(self, key: str, seed: int | None = None) -> float:
         """The recorded accuracy of ``key`` for run seed ``seed`` (a search with seed s
-        reads the table's seed ``s mod n_seeds``), or the mean over seeds when None."""
+        reads the table's seed ``s mod n_seeds``), or the mean over seeds when None: the
+        truth a search is judged by. Seeds of a row beyond the header's (an extension
+        under way) are not read until every row has them."""
         acc = self.row(key)["accuracy"]
         return float(np.mean(acc)) if seed is None else float(acc[seed % len(acc)])
+
+    def machine(self, key: str, seed: int) -> str | None:
+        """The fingerprint (:func:`nas_tutorial.devices.machine`) of the machine that
+        trained seed ``seed`` of ``key``; None where the table does not know (made before
+        tables recorded it)."""
+        machines = self.header.get("machines") or [{}]
+        index = self.row(key).get("machine") or [0] * len(self.row(key)["accuracy"])
+        return machines[index[seed]].get("fingerprint") if seed < len(index) else None
 
     def trainings(self, group: str = "random") -> np.ndarray:
         """Every single training of the ``group``'s complete rows (all seeds of all rows):
@@ -252,7 +269,8 @@ class Table:
         rows = [r for r in self.complete() if r["group"] == group]
         if not rows:
             raise TableError(f"the {self.method} table has no complete '{group}' rows")
-        return np.array([a for r in rows for a in r["accuracy"]], dtype=float)
+        n = len(self.seeds)
+        return np.array([a for r in rows for a in r["accuracy"][:n]], dtype=float)
 
     def percentile(self, accuracy: float, group: str = "random") -> float:
         """Where one training's ``accuracy`` falls among the ``group``'s trainings: the
@@ -268,10 +286,11 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def complete(self) -> list:
-        """Rows with an accuracy for every seed."""
-        n = len(self.seeds)
-        return [r for r in self.rows if len(r.get("accuracy", [])) == n]
+    def complete(self, seeds: int | None = None) -> list:
+        """Rows with an accuracy for each of the first ``seeds`` seeds (default: the
+        header's seeds)."""
+        n = len(self.seeds) if seeds is None else seeds
+        return [r for r in self.rows if len(r.get("accuracy", [])) >= n]
 
     def groups(self) -> dict:
         out = {}
@@ -279,8 +298,14 @@ class Table:
             out.setdefault(r["group"], []).append(r)
         return out
 
-    def stats(self) -> dict:
-        return summarize(self.complete())
+    def stats(self, seeds: int | None = None, groups=None) -> dict:
+        """:func:`summarize` over the complete rows (of ``groups`` only, where given), with
+        their first ``seeds`` seeds (default the header's; more reads an extension under
+        way over the rows that have them)."""
+        n = len(self.seeds) if seeds is None else seeds
+        rows = [{"accuracy": r["accuracy"][:n]} for r in self.complete(n)
+                if groups is None or r["group"] in groups]
+        return summarize(rows)
 
     def to_dict(self) -> dict:
         stats = {k: (None if isinstance(v, float) and np.isnan(v) else v)  # JSON has no NaN
@@ -299,10 +324,14 @@ def summarize(rows) -> dict:
     standard deviation across seeds (ddof 1); ``arch_sd``, the standard deviation across
     architectures of the mean accuracy; ``seed_spearman``, the mean over seed pairs of the
     Spearman correlation between two seeds' accuracies (how well one training run ranks
-    the architectures as another would)."""
+    the architectures as another would). With four seeds or more also ``split_half``, the
+    Spearman correlation of the mean of the first half of the seeds with the mean of the
+    second (an odd last seed left out), and ``reliability``, the Spearman-Brown estimate for the mean of both halves."""
     from scipy.stats import spearmanr
 
-    acc = np.array([r["accuracy"] for r in rows], dtype=float)  # (archs, seeds)
+    # the seeds every row has (a table being extended has more in some rows)
+    n = min((len(r["accuracy"]) for r in rows), default=0)
+    acc = np.array([r["accuracy"][:n] for r in rows], dtype=float)  # (archs, seeds)
     out = {"rows": int(len(acc)), "seeds": int(acc.shape[1]) if acc.ndim == 2 else 0,
            "mean": float("nan"), "seed_sd": float("nan"), "arch_sd": float("nan"),
            "seed_spearman": float("nan")}
@@ -315,6 +344,14 @@ def summarize(rows) -> dict:
         rhos = [spearmanr(acc[:, i], acc[:, j]).statistic
                 for i in range(acc.shape[1]) for j in range(i + 1, acc.shape[1])]
         out["seed_spearman"] = float(np.mean(rhos))
+    if acc.shape[1] >= 4:
+        # Split-half reliability: how well the mean of seeds 0-1 ranks the architectures as
+        # the mean of seeds 2-3 does; Spearman-Brown's 2r / (1 + r) then estimates the
+        # reliability of the mean of all four (the truth searches are judged by).
+        h = acc.shape[1] // 2
+        r = float(spearmanr(acc[:, :h].mean(1), acc[:, h:2 * h].mean(1)).statistic)
+        out["split_half"] = r
+        out["reliability"] = 2 * r / (1 + r) if r > -1 else float("nan")
     return out
 
 
@@ -376,29 +413,34 @@ def retrain(method: str, arch, seed: int = 0, preset: str = "quick", device="cpu
             "seconds": time.perf_counter() - t0}
 
 
-def _device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} thread(s)"
-
-
-def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: bool = False,
-         device="cpu", threads: int | None = 1, limit: int | None = None,
-         progress: bool = True, parallel: bool = False) -> Table:
+def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
+         resume: bool = False, device="cpu", threads: int | None = 1, limit: int | None = None,
+         progress: bool = True, parallel: bool = False, workers: int = 1) -> Table:
     """Train every architecture of ``method``'s table with ``seeds`` seeds and write it.
 
     Checkpoints ``out`` after every row; ``resume=True`` continues a file made with the
-    same protocol and seeds. ``threads`` sets torch's CPU threads for the run (one is the
-    fastest for these tiny networks on a shared machine). ``limit`` trains at most ``limit``
-    new rows, in order (a partial table, for trying the protocol; resume it later). ``parallel=True`` trains the
-    seeds of a row at once, one thread each, where the method allows it (pnas), with the
-    same results: on a CPU with a core per seed the table takes half the time.
+    same protocol, and with more ``seeds`` than the file holds it *extends* the table:
+    each row trains only its missing seeds (seed ``s`` is the same training whenever and
+    wherever it runs), and the header lists the new seeds once every row has them (until
+    then the table reads as before). ``seeds=None``: 2 for a new table, what the file
+    holds or was being extended to for a resume.
+
+    ``threads`` sets torch's CPU threads (one is the fastest for these tiny networks on a
+    shared machine). ``limit`` trains at most ``limit`` rows, in order (resume later).
+    ``parallel=True`` trains the seeds of a row at once in threads, where the method allows
+    it (pnas). ``workers=N`` trains N rows at once in N processes of one thread each (on a
+    GPU machine they share the GPU); the rows and seeds land where one process puts them.
+    Every seed of every row records the machine that trained it
+    (:func:`nas_tutorial.devices.machine`), so a recorded number is compared bit for bit
+    only where it was made.
     """
-    from .data import resolve_device
+    from .devices import machine, resolve_device
     from .training import progress_bar
 
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise TableError(f"seeds must be at least 1, got {seeds}")
+    if workers < 1:
+        raise TableError(f"workers must be at least 1, got {workers}")
     device = resolve_device(device)
     out = Path(out) if out is not None else default_path(method, preset)
     _check_table_file(out)
@@ -407,64 +449,150 @@ def make(method: str, preset: str = "quick", seeds: int = 2, out=None, resume: b
     if resume and not out.is_file():
         raise TableError(f"nothing to resume at {out}")
     old_threads = torch.get_num_threads()
-    if parallel:
-        threads = 1  # one thread per training, so the seeds run side by side
+    if parallel or workers > 1:
+        threads = 1  # one thread per training, so trainings run side by side
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     try:
         s = spec(method, preset, device)
-        header = {"preset": preset, "protocol": s.protocol, "note": s.note,
-                  "seeds": list(range(seeds)), "device": _device_label(device),
-                  "torch": torch.__version__, "created": time.strftime("%Y-%m-%d"),
-                  "wall_s": 0.0}
-        done = {}
-        if resume:
-            old = load(method, preset, out)
-            if json.loads(json.dumps(s.protocol)) != old.header.get("protocol") or \
-                    old.seeds != header["seeds"]:
-                raise TableError(f"{out} was made with another protocol or other seeds; "
-                                 f"start a new file with --out")
-            if (old.header.get("torch"), old.header.get("device")) != (header["torch"],
-                                                                        header["device"]):
-                raise TableError(f"{out} was made with torch {old.header.get('torch')} on "
-                                 f"{old.header.get('device')}; resume it there, or start a "
-                                 f"new file with --out")
-            header.update({k: old.header[k] for k in ("created", "wall_s")})
-            done = {r["key"]: r for r in old.rows if len(r.get("accuracy", [])) == seeds}
+        here = {"device": device_label(device), **machine(device)}
+        old = load(method, preset, out) if resume else None
+        if old is None:
+            seeds = seeds or 2
+            header = {"preset": preset, "protocol": s.protocol, "note": s.note,
+                      "seeds": list(range(seeds)), "device": here["device"],
+                      "torch": torch.__version__, "created": time.strftime("%Y-%m-%d"),
+                      "wall_s": 0.0, "machines": []}
+        else:
+            header = _resume_header(old, s, out, seeds)
+            seeds = header.get("seeds_planned", len(header["seeds"]))
+        machines = header["machines"]
+        if here not in machines:
+            machines.append(here)
+        me = machines.index(here)
+        rows = {r["key"]: dict(r) for r in (old.rows if old else [])}
+        todo = [(row, len(rows.get(row["key"], {}).get("accuracy", [])))
+                for row in s.rows]
+        todo = [(row, first) for row, first in todo if first < seeds][:limit]
         table = Table(method, header, [])
-        new = [r for r in s.rows if r["key"] not in done][:limit]
-        bar = progress_bar(len(new) * seeds, f"{method} table", progress)
-        for row in s.rows:
-            if row["key"] in done:
-                table.rows.append(done[row["key"]])
-                continue
-            if not new or row is not new[0]:
-                continue  # beyond --limit: left for a later --resume
-            new.pop(0)
-            t0 = time.perf_counter()
-            params, flops = s.measure(row["arch"])
-            if parallel and s.train_seeds is not None and seeds > 1:
-                accs = [round(float(a), 6) for a in s.train_seeds(row["arch"], range(seeds))]
-                bar.update(seeds)
-            else:
-                accs = []
-                for seed in range(seeds):
-                    accs.append(round(float(s.train(row["arch"], seed)), 6))
-                    bar.update(1)
-            seconds = time.perf_counter() - t0
-            table.rows.append({**row, "params": int(params), "flops": int(flops),
-                               "accuracy": accs, "seconds": round(seconds, 2)})
-            table.header["wall_s"] = round(table.header["wall_s"] + seconds, 1)
-            table._index = {r["key"]: r for r in table.rows}
+        t_start, wall0 = time.perf_counter(), header["wall_s"]
+
+        def land(row, measured, accs, seconds):
+            """Put a row's new seeds in place and checkpoint the table."""
+            r = rows.setdefault(row["key"], {**row, "accuracy": []})
+            if measured is not None:
+                r["params"], r["flops"] = int(measured[0]), int(measured[1])
+            index = r.pop("machine", None) or [0] * len(r["accuracy"])
+            r["accuracy"] = r["accuracy"] + accs
+            index = index + [me] * len(accs)
+            if any(index):
+                r["machine"] = index
+            r["seconds"] = round(r.get("seconds", 0.0) + seconds, 2)
+            # rows in the spec's order whatever order the workers finish them in
+            table.rows = [rows[x["key"]] for x in s.rows if x["key"] in rows]
+            table._index = {x["key"]: x for x in table.rows}
+            if all(len(x["accuracy"]) >= seeds for x in table.rows) and \
+                    len(table.rows) == len(s.rows):
+                header["seeds"] = list(range(seeds))
+                header.pop("seeds_planned", None)
+            header["wall_s"] = round(wall0 + time.perf_counter() - t_start, 1)
             out.parent.mkdir(parents=True, exist_ok=True)
             write_json(out, table.to_dict())
-            bar.set_postfix(acc=f"{np.mean(accs):.3f}")
+
+        bar = progress_bar(sum(seeds - first for _, first in todo), f"{method} table", progress)
+        jobs = [(row, list(range(first, seeds)), row["key"] not in rows or "params" not in
+                 rows[row["key"]]) for row, first in todo]
+        if workers == 1:
+            for row, todo_seeds, measure in jobs:
+                t0 = time.perf_counter()
+                measured = s.measure(row["arch"]) if measure else None
+                if parallel and s.train_seeds is not None and len(todo_seeds) > 1:
+                    accs = [round(float(a), 6) for a in s.train_seeds(row["arch"], todo_seeds)]
+                else:
+                    accs = [round(float(s.train(row["arch"], seed)), 6) for seed in todo_seeds]
+                bar.update(len(accs))
+                land(row, measured, accs, time.perf_counter() - t0)
+                bar.set_postfix(acc=f"{np.mean(accs):.3f}")
+        else:
+            _run_workers(jobs, workers, method, preset, str(device), land, bar)
         bar.close()
+        table.rows = [rows[x["key"]] for x in s.rows if x["key"] in rows]
+        table._index = {x["key"]: x for x in table.rows}
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, table.to_dict())
         return table
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _resume_header(old: Table, s: Spec, out: Path, seeds: int | None) -> dict:
+    """The header a resumed (or extended) table continues with; refuses another protocol
+    or fewer seeds than the file holds."""
+    if json.loads(json.dumps(s.protocol)) != old.header.get("protocol"):
+        raise TableError(f"{out} was made with another protocol; start a new file with --out")
+    have = len(old.seeds)
+    planned = old.header.get("seeds_planned", have)
+    seeds = seeds or planned
+    if seeds < have:
+        raise TableError(f"{out} holds {have} seeds per row; --seeds must be at least {have} "
+                         f"(more extends the table)")
+    header = json.loads(json.dumps(old.header))
+    # A table from before machines were recorded: its trainings are machine 0, unknown.
+    header.setdefault("machines", [{"device": header.get("device"),
+                                    "torch": header.get("torch"), "fingerprint": None}])
+    if seeds > have:
+        header["seeds_planned"] = seeds
+    else:  # --seeds as the file holds: an extension under way is given up (rows keep theirs)
+        header.pop("seeds_planned", None)
+    return header
+
+
+def _run_workers(jobs, workers, method, preset, device, land, bar) -> None:
+    """Train ``jobs`` (row, seeds, measure?) in ``workers`` processes of one thread each and
+    ``land`` every finished row. At most two rows per worker are in flight, so a stopped run
+    loses little; Ctrl-C stops the workers and keeps every landed row."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    factory = _SPECS[method]
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(factory, preset, device))
+    pending, queue = {}, list(jobs)
+    try:
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                row, todo_seeds, measure = queue.pop(0)
+                pending[pool.submit(_worker_row, row["arch"], todo_seeds, measure)] = row
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                row = pending.pop(f)
+                measured, accs, seconds = f.result()
+                bar.update(len(accs))
+                land(row, measured, accs, seconds)
+                bar.set_postfix(acc=f"{np.mean(accs):.3f}")
+    finally:
+        for p in list(getattr(pool, "_processes", {}).values()):
+            if queue or pending:
+                p.terminate()  # stopped: the rows in flight are lost, the landed ones kept
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER = {}
+
+
+def _worker_init(factory, preset, device):
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+    _WORKER["spec"] = factory(preset, torch.device(device))
+
+
+def _worker_row(arch, seeds, measure):
+    s, t0 = _WORKER["spec"], time.perf_counter()
+    measured = s.measure(arch) if measure else None
+    accs = [round(float(s.train(arch, seed)), 6) for seed in seeds]
+    return measured, accs, time.perf_counter() - t0
 
 
 def _check_table_file(out: Path) -> None:
@@ -484,12 +612,13 @@ def _check_table_file(out: Path) -> None:
         raise TableError(f"cannot write {out}: {parent} is not writable; choose another --out")
 
 
-def cli_table(method, preset="quick", seeds=2, out=None, resume=False, threads=None,
-              limit=None, parallel=False, device="cpu") -> dict:
-    """``nas-tutorial table METHOD``: make (or resume) a table and print its summary."""
+def cli_table(method, preset="quick", seeds=None, out=None, resume=False, threads=None,
+              limit=None, parallel=False, device="cpu", workers=1) -> dict:
+    """``nas-tutorial table METHOD``: make (or resume, or extend) a table and print its
+    summary."""
     name = preset or "quick"
     table = make(method, name, seeds, out, resume, device=device, threads=threads,
-                 limit=limit, parallel=parallel)
+                 limit=limit, parallel=parallel, workers=workers)
     return {"table": table, "path": Path(out) if out else default_path(method, name)}
 
 

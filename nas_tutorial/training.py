@@ -12,7 +12,6 @@ the same).
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,8 @@ from torch import nn
 
 from . import distributed
 from .config import TrainConfig
-from .data import DeviceLoader, ImageDataset, resolve_device
+from .data import DeviceLoader, ImageDataset
+from .devices import autocast, model_device, model_dtype, resolve_device  # noqa: F401
 
 
 # Set to stop every training running in a thread at its next step (a pool of PNAS children
@@ -104,13 +104,6 @@ class History:
                 f"valid acc {self.valid_acc[-1] if self.valid_acc else float('nan'):.3f})")
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (BN stays fp32 under autocast); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _is_channels_last(model: nn.Module) -> bool:
     """Whether the model's conv weights are NHWC (then its inputs should be too)."""
     # A 1x1 or depthwise weight can be contiguous in both layouts; one that is NHWC only
@@ -127,8 +120,14 @@ def _logits(out):
 @torch.no_grad()
 def evaluate(model: nn.Module, data, device="auto", batch_size: int = 512,
              amp: bool = True) -> tuple:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (a dataset or loader)."""
-    device = resolve_device(device)
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (a dataset or loader).
+
+    The device follows the model (:func:`~nas_tutorial.devices.model_device`): ``"auto"``
+    evaluates where the model's weights are, a named device moves the model there first;
+    the data goes to that device and the images to the model's dtype.
+    """
+    device = model_device(model, device)
+    dtype = model_dtype(model)
     loader = data if isinstance(data, DeviceLoader) else DeviceLoader(
         data.to(device), batch_size, train=False, channels_last=_is_channels_last(model))
     was_training = model.training
@@ -138,6 +137,7 @@ def evaluate(model: nn.Module, data, device="auto", batch_size: int = 512,
     n = 0
     for x, y in loader:
         with autocast(device, amp):
+            x, y = x.to(device, dtype), y.to(device)  # no-ops for a loader on the device
             logits = _logits(model(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -153,7 +153,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     ``callback(history)`` runs after every epoch (a live plot, a checkpoint). Returns the
     :class:`History`. The model is left on ``device`` in eval mode. A NaN/Inf in the loss or
     the weights raises :class:`Diverged` at the end of its epoch, before the callback: a
-    checkpoint the callback wrote stays the last good one.
+    checkpoint the callback wrote stays the last good one. The device follows the model, as
+    in :func:`evaluate`: ``"auto"`` trains where the model's weights are, a named device
+    moves the model there.
 
     Under torchrun (:func:`nas_tutorial.distributed.init` called) every process draws the
     same global batch of ``config.batch_size`` and trains on its shard through
@@ -166,7 +168,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
         data, valid = data
     if not isinstance(data, ImageDataset):
         raise TypeError("data must be an ImageDataset or a (train, valid) pair of them")
-    device = resolve_device(device)
+    device = model_device(model, device)
+    dtype = model_dtype(model)
     cuda = device.type == "cuda"
     distributed.check_batch(config.batch_size)
     # drop-path masks: each rank its own for its own images (rank 0: as one process)
@@ -218,6 +221,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
                 bar.close()
                 raise KeyboardInterrupt("stopped: a run beside this one was interrupted")
             x, y = distributed.shard(x, y)  # this rank's rows of the global batch
+            x = x.to(dtype)  # a no-op for a float32 model
             with autocast(device, config.amp):
                 out = forward(x)
                 logits = _logits(out)
@@ -283,7 +287,7 @@ def train_genotype(genotype, preset=None, epochs: int | None = None, device="aut
     from .genotypes import resolve
     from .network import NetworkCIFAR
 
-    preset = preset if not isinstance(preset, (str, type(None))) else get_preset(preset)
+    preset = preset if not isinstance(preset, (str, type(None))) else get_preset(preset, device)
     genotype = resolve(genotype)
     cfg = preset.train
     if epochs is not None:

@@ -1,12 +1,34 @@
+import os
 from dataclasses import replace
 
 import pytest
 import torch
 
+# The device the ``cuda`` tests run on: CUDA, or the CPU for a dry run of those tests
+# (``NAS_TUTORIAL_TEST_DEVICE=cpu``, what ``make gpu-check DRY=1`` sets).
+TEST_DEVICE = os.environ.get("NAS_TUTORIAL_TEST_DEVICE", "cuda")
+
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "fashion: runs on the real quick presets (Fashion-MNIST), not on digits")
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (skipped without one; NAS_TUTORIAL_TEST_DEVICE=cpu "
+                   "runs them on the CPU)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.device(TEST_DEVICE).type != "cuda" or torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU here (make gpu-check runs these on one)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def test_device():
+    return torch.device(TEST_DEVICE)
 
 
 @pytest.fixture(autouse=True)

@@ -147,6 +147,9 @@ PAIRS = '[["sep_conv_3x3", 1], ["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ["sep_c
 
 @pytest.mark.parametrize("content, words", [
     ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    # deeper than a genotype can be, shallow enough for every Python's parser: the refusal
+    # is the project's own, the same on every version
+    ("[" * 40 + "]" * 40, "nested too deeply (over 16 levels"),
     ('{"normal": ' + "[" * 5000 + "]" * 5000 + ', "normal_concat": [2]}', "nested too deeply"),
     ('{"normal": [["sep_conv_3x3", Infinity], ["sep_conv_3x3", 0]], "normal_concat": [2]}',
      "Infinity is not a number JSON allows"),
@@ -333,3 +336,30 @@ def test_a_diverged_train_is_one_line_and_creates_no_folder(capsys, monkeypatch,
         "nas-tutorial: error: training diverged in epoch 2: NaN/Inf in the loss; no "
         "checkpoint was kept; try a lower lr than 0.05")
     assert not out.exists()
+
+
+def test_the_preset_follows_the_chosen_device(capsys, monkeypatch, tmp_path):
+    """On a GPU machine ``--device cpu`` (or ``device="cpu"``) means the quick preset unless
+    a preset is named; "auto" there means full."""
+    import torch
+
+    from nas_tutorial import pc_darts
+
+    monkeypatch.delenv("NAS_TUTORIAL_PRESET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    assert nt.get_preset(device="cpu").name == "quick"
+    assert nt.get_preset().name == "full" and nt.get_preset(device="cuda").name == "full"
+    assert nt.get_preset("full", device="cpu").name == "full"  # a named preset wins
+    assert pc_darts._resolve_config(None, None, "cpu") == pc_darts.get_config("pc-darts", "quick")
+    seen = {}
+
+    def fake(**kw):
+        seen.update(kw)
+        return {"result": "x", "run_dir": tmp_path}
+
+    monkeypatch.setattr(pc_darts, "cli_search", fake)
+    assert main(["search", "pc-darts", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    assert seen["preset"] == "quick"
+    assert main(["search", "pc-darts", "--device", "cpu", "--preset", "full",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert seen["preset"] == "full"

@@ -67,3 +67,15 @@ def test_notebook_repr_draws_the_cell_as_svg_and_png():
     assert svg.lstrip().startswith("<?xml") or "<svg" in svg
     assert "sep_conv_3x3" in svg
     assert bundle["image/png"].startswith("iVBOR")  # base64 of the PNG signature
+
+
+def test_json_depth_counts_nesting_and_ignores_brackets_in_strings():
+    from nas_tutorial.genotypes import MAX_JSON_DEPTH, json_depth
+
+    assert json_depth(nt.GENOTYPES["PC_DARTS"].to_json()) == 3
+    assert json_depth('["[[[{", {"a": [1, "]]"]}]') == 3
+    assert json_depth('"\\"[["') == 0  # an escaped quote does not end the string
+    deep = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
+    json.loads(deep)  # every Python's parser reads it ...
+    with pytest.raises(GenotypeError, match="nested too deeply"):  # ... the project refuses it
+        Genotype.from_json(deep)

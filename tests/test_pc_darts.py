@@ -300,7 +300,7 @@ def test_cli_search_writes_the_run(tmp_path, capsys):
     assert cli_main(["search", "pc-darts", "--preset", "quick", "--epochs", "1",
                      "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "found:" in text and str(out) in text
+    assert any(line.startswith("found:") for line in text.splitlines()) and str(out) in text
     for name in ("genotype.json", "history.json", "checkpoint.pt", "alpha_normal.html",
                  "alpha_heatmap.html", "skip_monitor.html"):
         assert (out / name).is_file(), name
@@ -367,6 +367,48 @@ def test_second_order_step_stays_fp32_under_bf16_autocast(monkeypatch):
     first64 = torch.autograd.grad(pc._loss(net64, xv.double(), yv, cpu, False),
                                   net64.arch_parameters())
     assert cosine(first, first64) < 0.9999  # the emulation is on: bf16 elsewhere
+
+
+def test_the_unrolled_step_turns_tf32_off_inside_and_restores_it(monkeypatch):
+    """cuDNN convolutions and CUDA matmuls run in TF32 by default on Ampere and later
+    (measured on an H200: second-order gradient against float64, cosine 0.9586 with TF32,
+    0.9990 without). The CPU cannot measure that, so the flags are checked: off (and
+    autocast off) in every loss of the unrolled step, back as they were afterwards, also
+    when the step fails."""
+    seen = []
+    inner = pc._loss_fp32
+
+    def spy(*args):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                     torch.is_autocast_enabled("cpu")))
+        return inner(*args)
+
+    monkeypatch.setattr(pc, "_loss_fp32", spy)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        _tf32_off_inside(monkeypatch, seen)
+    finally:  # torch's flag objects cannot be monkeypatched: restore by hand
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def _tf32_off_inside(monkeypatch, seen):
+    torch.manual_seed(0)
+    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1)
+    arch = pc.Architect(net, _tiny(unrolled=True))
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        arch.step(x, y, x, y, lr=0.05)
+    assert len(seen) == 4 and set(seen) == {(False, False, False)}  # w', v, w+, w-
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pc, "_loss_fp32", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        arch.step(x, y, x, y, lr=0.05)
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
 
 
 def _repeats_exactly(k, channels_last, monkeypatch, ops=False) -> bool:
@@ -608,7 +650,8 @@ def test_architecture_step_takes_no_depthwise_weight_gradient(monkeypatch, unrol
     assert masks and (False, True) not in masks  # input gradients only
     assert all(w.requires_grad for w in net.weight_parameters())
 
-    loss = F.cross_entropy(twin(x).float(), y)  # the loss the Architect takes
+    # the loss the Architect takes: fp32 first order, at least fp32 (here float64) unrolled
+    loss = F.cross_entropy(twin(x) if unrolled else twin(x).float(), y)
     plain = torch.autograd.grad(loss, twin.arch_parameters())
     assert taken
     for got in taken:

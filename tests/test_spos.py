@@ -389,8 +389,15 @@ def test_the_shipped_quick_supernet_is_what_search_spos_makes():
     """The notebook may load data/runs/spos-quick-seed0/supernet.pt instead of training:
     it must hold the quick preset's training settings, be finished, and start as training
     with those settings starts (re-run here: the same losses over the first steps, which a
-    change of init, data order, sampled paths or lr moves; later steps drift apart between
-    thread counts, so they cannot be compared across machines)."""
+    change of init, data order, sampled paths or lr moves). Bit for bit (all five steps)
+    only on the machine that made it (its summary's fingerprint); elsewhere the float
+    kernels differ and the steps drift apart, so the first two are compared within 2e-3.
+    Measured against the shipped (Intel-made) losses, step by step: an AMD EPYC 0, 0, 2e-4,
+    2.4e-3; the same with ATen's kernels unvectorized (ATEN_CPU_CAPABILITY=default)
+    0, 8e-4, 5.9e-3, 1.2e-2. What the test must catch moves the first two further: another
+    seed 4.6e-3 at step 1 already, a 0.5x or 1.5x lr 3.8e-3 and 1.4e-2 at step 2."""
+    from nas_tutorial.devices import same_machine
+
     cfg = spos.get_config("quick", seed=0)
     f = spos.RECORDED / "spos-quick-seed0" / "supernet.pt"
     assert spos.supernet_file(cfg, [f.parent]) == f.resolve()
@@ -410,8 +417,11 @@ def test_the_shipped_quick_supernet_is_what_search_spos_makes():
         spos.train_supernet(spos.Supernet(cfg.supernet), train_ds, cfg, "cpu", progress=False,
                             callback=lambda h: (seen.update(h), stop(h)))
     assert len(shipped["first_losses"]) == spos.FIRST_STEPS
-    assert seen["first_losses"] == pytest.approx(shipped["first_losses"], abs=1e-3)
     summary = json.loads((f.parent / "summary.json").read_text())
+    if same_machine(summary.get("machine")):
+        assert seen["first_losses"] == pytest.approx(shipped["first_losses"], abs=1e-6)
+    else:
+        assert seen["first_losses"][:2] == pytest.approx(shipped["first_losses"][:2], abs=2e-3)
     assert summary["seed"] == 0 and summary["supernet_epochs"] == cfg.epochs
     # its fitness cache belongs to it and holds what the evaluator computes
     supernet, _, source = spos.load_supernet(cfg, train_ds, "cpu", folders=[f.parent])

@@ -135,3 +135,32 @@ def test_run_threads_stops_the_others_when_one_fails():
         training.run_threads([fails, long_training], 2)
     assert time.perf_counter() - t0 < 5 and seen and seen[0] < 5
     assert not training.STOP.is_set()
+
+
+def test_the_device_follows_the_model():
+    """One rule for every function that takes a model: "auto" is where the model's weights
+    are (never the machine's default: a CPU-built model on a GPU machine stays on the CPU),
+    a named device moves the model there, a model without weights gets the default."""
+    from nas_tutorial.devices import model_device, resolve_device
+
+    on_meta = torch.nn.Linear(2, 2, device="meta")
+    assert model_device(on_meta) == torch.device("meta")
+    cpu_model = torch.nn.Linear(2, 2)
+    assert model_device(cpu_model, "meta") == torch.device("meta")
+    assert cpu_model.weight.device.type == "meta"  # moved, as the docstring says
+    assert model_device(torch.nn.ReLU()) == resolve_device("auto")
+
+
+def test_evaluate_and_train_take_a_model_of_another_dtype():
+    """The images follow the model's dtype too: a float64 model evaluates and trains on the
+    float32 data, and gives the float32 model's accuracy."""
+    test = nt.data.load("digits", train=False)
+    torch.manual_seed(0)
+    model = _tiny_model().eval()
+    double = _tiny_model().double()
+    double.load_state_dict(model.state_dict())
+    loss32, acc32 = nt.evaluate(model, test)
+    loss64, acc64 = nt.evaluate(double, test)
+    assert acc64 == pytest.approx(acc32, abs=2 / len(test)) and loss64 == pytest.approx(loss32, rel=1e-4)
+    history = nt.train(double, nt.data.load("digits"), TINY, progress=False)
+    assert next(double.parameters()).dtype == torch.float64 and len(history.epoch) == 2
