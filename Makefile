@@ -76,11 +76,11 @@ chromium:
 
 # Learners' copies: the exercise solutions replaced by a stub (nbgrader's ClearSolutions).
 student: setup
-	$(PY) -m nas_tutorial.exercises notebooks student
+	$(VENV)/bin/nas-tutorial student notebooks student
 
 # Every notebook as self-contained HTML in handouts/, checked in headless Chromium.
 html: setup chromium
-	$(PY) -m nas_tutorial.handouts notebooks --out handouts
+	$(VENV)/bin/nas-tutorial handouts notebooks --out handouts
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -6,8 +6,9 @@ K. On CPU each configuration runs in its own process and its peak memory is the 
 peak resident set (``VmHWM``, reset just before the steps) minus the resident set after
 building the network and the batch, so tensors (which tracemalloc cannot see) are counted.
 On CUDA: bf16 autocast, ``torch.cuda.max_memory_allocated``. The memory layout is the
-search's own (``pc_darts.apply_layout``: NHWC on CUDA; on a CPU what the layout rows below
-measured). Ours and the official-style step (``reference_pc_darts.py``) run in alternating
+search's own (``fast.pc_darts.apply_layout``: NHWC on CUDA; on a CPU what the layout rows
+below measured). Ours (the search's fast supernet, ``SearchNetwork(..., fast=True)``) and
+the official-style step (``reference_pc_darts.py``: the plain supernet) run in alternating
 processes, ``--rounds`` of each, and each side's median is reported (A/B, so a change in
 machine load hits both alike).
 
@@ -19,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from nas_tutorial.run.measure import time_steps  # the library's timing and memory probe
 
 
 def _parser():
@@ -52,117 +54,40 @@ def _parser():
     return p
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(field)
-
-
-def _reset_peak_rss() -> int:
-    """Current resident set in KB, after resetting the kernel's peak (Linux >= 4.0), so the
-    peak that follows belongs to the search step, not to imports or model building."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kb("VmRSS")
-    except OSError:  # not Linux: the process peak so far is the baseline
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _peak_rss() -> int:
-    try:
-        return _status_kb("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def measure(k: int, args) -> dict:
-    """Time and memory of ``args.steps`` search steps at one K, in this process."""
-    import torch
-    import torch.nn.functional as F
+    """Time and memory of ``args.steps`` search steps at one K, in this process (the
+    library's :func:`nas_tutorial.run.measure.search_step`, which notebook 03 uses too)."""
+    from nas_tutorial.run.measure import search_step
 
-    from nas_tutorial.data import resolve_device
-    from nas_tutorial.pc_darts import Architect, SearchNetwork, apply_layout, get_config
-    from nas_tutorial.training import autocast
-
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1,
-                     compile=args.compile, unrolled=getattr(args, "unrolled", False))
-    model = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
-    fmt = torch.channels_last if apply_layout(model, cfg, device) else torch.contiguous_format
-    forward = torch.compile(model) if args.compile and cuda else model
-    arch = Architect(model, cfg, device, forward=forward)
-    opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
-    shape = (args.batch, 3, args.image_size, args.image_size)
-    x, xv = (torch.randn(shape, device=device).contiguous(memory_format=fmt) for _ in range(2))
-    y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
-    weights = model.weight_parameters()
-
-    def step():
-        arch.step(x, y, xv, yv, cfg.lr, opt)
-        with autocast(device, cfg.amp):
-            loss = F.cross_entropy(forward(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=weights)
-        torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-        opt.step()
-
-    base_kb = _reset_peak_rss()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    step()  # warm-up: allocator, kernels (and compilation)
-    times, cpu_times = [], []
-    for _ in range(args.steps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    if cuda:
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mb = (_peak_rss() - base_kb) / 1024
-    return {"k": k, "edge_norm": k > 1, "batch": args.batch, "device": str(device),
-            "threads": args.threads, "step_s": statistics.median(times),
-            # CPU seconds of this process: on a shared machine, with 1 thread, the wall time
-            # the step would take on an idle core
-            "cpu_s": statistics.median(cpu_times),
-            "peak_mb": peak_mb,
-            "params": sum(p.numel() for p in model.weight_parameters())}
+    return search_step(k, C=args.C, layers=args.layers, batch=args.batch,
+                       image_size=args.image_size, steps=args.steps, threads=args.threads,
+                       device=args.device, compile=args.compile,
+                       unrolled=getattr(args, "unrolled", False))
 
 
 def measure_layouts(k: int, args) -> dict:
     """Step time of the same search step in NCHW and in NHWC (channels_last), one model per
     layout with equal weights, the two timed in alternation (A/B, the first of each pair
     alternating) so that a change in machine load hits both alike. At K=1 the whole network
-    and its batches change layout (decides :data:`nas_tutorial.pc_darts.CPU_CHANNELS_LAST`);
-    at K>1 the network stays NCHW and only the mixed ops change (``SearchNetwork.ops_to``;
-    decides :data:`nas_tutorial.pc_darts.CPU_OPS_CHANNELS_LAST`): whole-network NHWC with
-    partial channels was measured slower or unusable there (see pc_darts.py)."""
+    and its batches change layout (decides :data:`nas_tutorial.fast.pc_darts.CPU_CHANNELS_LAST`);
+    at K>1 the network stays NCHW and only the mixed ops change (``fast.pc_darts.ops_to``;
+    decides :data:`nas_tutorial.fast.pc_darts.CPU_OPS_CHANNELS_LAST`): whole-network NHWC
+    with partial channels was measured slower or unusable there (see fast/pc_darts.py)."""
     import copy
 
     import torch
     import torch.nn.functional as F
 
     from nas_tutorial.data import resolve_device
-    from nas_tutorial.pc_darts import Architect, SearchNetwork, get_config
+    from nas_tutorial.fast.pc_darts import ops_to
+    from nas_tutorial.methods.pc_darts import Architect, SearchNetwork, get_config
     from nas_tutorial.training import autocast
 
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1)
-    base = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1).to(device)
+    base = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1, fast=True).to(device)
     shape = (args.batch, 3, args.image_size, args.image_size)
     x0, xv0 = torch.randn(shape, device=device), torch.randn(shape, device=device)
     y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
@@ -171,7 +96,7 @@ def measure_layouts(k: int, args) -> dict:
     for name, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
         model = copy.deepcopy(base)
         if scope == "ops":
-            model.ops_to(fmt if fmt == torch.channels_last else None)
+            ops_to(model, fmt if fmt == torch.channels_last else None)
             fmt = torch.contiguous_format  # the network and its batches stay NCHW
         else:
             model.to(memory_format=fmt)
@@ -208,68 +133,35 @@ def measure_layouts(k: int, args) -> dict:
 
 
 def measure_reference(k: int, args) -> dict:
-    """The same step done the official way (``reference_pc_darts.RefNetwork``): one ReLU
-    per op, the ``none`` op computed, a shuffle per edge, and an architecture step whose
-    ``loss.backward()`` also computes every weight gradient, in fp32 as the official code
-    runs. Same machine, same batch (``args.device``: the CPU unless it names CUDA)."""
+    """The same step done the official way (``reference_pc_darts.py``): the plain supernet
+    (one ReLU per op, the ``none`` op computed, a shuffle per edge) and an architecture step
+    whose ``loss.backward()`` also computes every weight gradient, in fp32 as the official
+    code runs. Same machine, same batch (``args.device``: the CPU unless it names CUDA)."""
     import torch
-    import torch.nn.functional as F
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from reference_pc_darts import RefNetwork
+    from reference_pc_darts import OfficialStep, official_network
 
     from nas_tutorial.devices import resolve_device
 
     device = resolve_device(getattr(args, "device", "cpu"))
-    cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    steps, mult = 4, 4
-    ref = RefNetwork(args.C, 10, args.layers, k, steps, mult, 3).to(device)
-    n_edges = sum(2 + i for i in range(steps))
-    arch = [torch.nn.Parameter(1e-3 * torch.randn(n_edges, 8, device=device))
-            for _ in range(2)]
-    if k > 1:
-        arch += [torch.nn.Parameter(1e-3 * torch.randn(n_edges, device=device))
-                 for _ in range(2)]
-    arch_opt = torch.optim.Adam(arch, lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    ref = official_network(args.C, 10, args.layers, k).to(device)
+    official_step = OfficialStep(ref)
     shape = (args.batch, 3, args.image_size, args.image_size)
     x, xv = torch.randn(shape, device=device), torch.randn(shape, device=device)
     y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
 
     def step():
-        arch_opt.zero_grad()
-        F.cross_entropy(ref(xv, *arch), yv).backward()  # official _backward_step
-        arch_opt.step()
-        opt.zero_grad()
-        F.cross_entropy(ref(x, *arch), y).backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
-        opt.step()
+        official_step(x, y, xv, yv)
 
-    base_kb = _reset_peak_rss()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    step()
-    times, cpu_times = [], []
-    for _ in range(args.steps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    peak_mb = ((torch.cuda.max_memory_allocated() - base) / 2**20 if cuda
-               else (_peak_rss() - base_kb) / 1024)
+    times, cpu_times, peak_mb = time_steps(step, args.steps, device)
     return {"k": k, "impl": "official-style", "batch": args.batch, "device": str(device),
             "threads": args.threads, "step_s": statistics.median(times),
             "cpu_s": statistics.median(cpu_times),
             "peak_mb": peak_mb,
-            "params": sum(p.numel() for p in ref.parameters())}
+            "params": sum(p.numel() for p in ref.weight_parameters())}
 
 
 def main(argv=None) -> list:

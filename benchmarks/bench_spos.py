@@ -6,7 +6,7 @@ same path; the supernet additionally samples nothing here, so the ratio is what 
 sharing itself costs (goal <= 1.3x: unsampled blocks must cost nothing). Paths alternate
 over a fixed list so both networks see the same work. Evaluation: BN recalibration over
 ``recal_batches`` device-resident batches, then accuracy on the held-out images, one host
-sync per path (:class:`nas_tutorial.spos.PathEvaluator`). On CUDA: bf16 autocast and
+sync per path (:class:`nas_tutorial.methods.spos.PathEvaluator`). On CUDA: bf16 autocast and
 channels_last, as in training.
 
     python benchmarks/bench_spos.py                       # CPU, quick supernet, 2 threads

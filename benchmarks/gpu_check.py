@@ -160,7 +160,7 @@ def cli_verbs(device: str, dry: bool, folder: Path) -> dict:
     out = {}
     for name, argv in verbs.items():
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "nas_tutorial.cli", *argv], cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", "nas_tutorial.run.cli", *argv], cwd=REPO,
                               env=env, capture_output=True, text=True, timeout=300)
         text = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()
         out[name] = {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from nas_tutorial import runs
+    from nas_tutorial.run import records as runs
 
     if not args.dry and not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU here; run it on a lent GPU, or `make gpu-check DRY=1`")

@@ -48,7 +48,8 @@ def run_one(job):
     name, overrides, seed, retrain, method = job
     import torch
 
-    from nas_tutorial import pc_darts, tables
+    from nas_tutorial import pc_darts
+    from nas_tutorial.run import tables
 
     torch.set_num_threads(1)
     overrides = dict(overrides)
@@ -90,7 +91,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="pc_darts_sweep.json")
     p.add_argument("--kind", default="pc-darts-quick-sweep",
-                   help="the record's kind (nas_tutorial.runs.load_runs finds it by it)")
+                   help="the record's kind (nas_tutorial.run.records.load_runs finds it by it)")
     a = p.parse_args(argv)
 
     import torch

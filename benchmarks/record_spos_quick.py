@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 def main():
     from nas_tutorial import spos
-    from nas_tutorial.cli import main as cli
+    from nas_tutorial.run import records as runs
+    from nas_tutorial.run.cli import main as cli
 
     out = ROOT / "data" / "runs" / "spos-quick-seed0"
     if cli(["--threads", "1", "search", "spos", "--preset", "quick", "--seed", "0",
@@ -28,7 +29,7 @@ def main():
         raise SystemExit("search spos failed")
     cfg = spos.get_config("quick", seed=0)
     train_ds, valid_ds = spos.load_data(cfg, "cpu")
-    supernet, _, source = spos.load_supernet(cfg, train_ds, "cpu", folders=[out])
+    supernet, _, source = runs.load_supernet(cfg, train_ds, "cpu", folders=[out])
     assert source == (out / "supernet.pt").resolve(), source
     ev = spos.PathEvaluator(supernet, train_ds, valid_ds, cfg.recal_batches,
                             cfg.recal_batch_size, amp=cfg.amp, seed=cfg.seed)

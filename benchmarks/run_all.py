@@ -6,7 +6,7 @@
 Rows: PC-DARTS search step (time, peak memory) for K=1 (DARTS, the baseline) and K=2/4/8;
 SPOS supernet step vs the same path as a plain network (the baseline); PNAS children trained
 concurrently vs one at a time (the baseline). The record is labelled with the device and the
-date (``nas_tutorial.runs``) so notebooks can show it on other machines.
+date (``nas_tutorial.run.records``) so notebooks can show it on other machines.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def main(argv=None) -> list:
     import bench_pc_darts
     import bench_pnas
     import bench_spos
-    from nas_tutorial import runs
+    from nas_tutorial.run import records as runs
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and children")

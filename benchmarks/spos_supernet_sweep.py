@@ -39,7 +39,8 @@ def main(argv=None):
     import torch
     from scipy.stats import kendalltau
 
-    from nas_tutorial import spos, tables
+    from nas_tutorial import spos
+    from nas_tutorial.run import tables
 
     torch.set_num_threads(a.threads)
     out = Path(a.out)

@@ -23,13 +23,23 @@ __all__ = [
 ]
 
 
+# Old names of moved modules: nt.spos_viz and `from nas_tutorial import spos_viz` still work.
+_ALIASES = {"pc_darts": "methods.pc_darts", "spos": "methods.spos", "pnas": "methods.pnas",
+            "spos_space": "methods.spos_space", "pnas_space": "methods.pnas_space",
+            "spos_viz": "viz.spos", "pnas_viz": "viz.pnas", "cli": "run.cli",
+            "runs": "run.records", "tables": "run.tables", "runfolders": "run.folders",
+            "searches": "run.searches", "compare": "run.compare", "notebook": "viz.notebook",
+            "handouts": "teaching.handouts", "exercises": "teaching.exercises"}
+
+
 def __getattr__(name):
     # Method modules and viz load on first use, so `import nas_tutorial` stays light and
     # plotly/graphviz stay out of the training path.
     import importlib
 
-    if name in ("viz", "pc_darts", "spos", "spos_viz", "pnas", "pnas_viz", "cli", "runs",
-                "checkpoints", "compare", "tables", "notebook", "handouts", "exercises",
-                "distributed"):
+    if name in _ALIASES:
+        return importlib.import_module(f".{_ALIASES[name]}", __name__)
+    if name in ("viz", "methods", "run", "checkpoints", "groundtruth",
+                "distributed", "fast", "teaching", "progress", "devices"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nas_tutorial' has no attribute '{name}'")

@@ -2,15 +2,35 @@
 
 ``os.replace`` is atomic on one filesystem, so a Ctrl-C in a notebook or a killed CLI run
 leaves either the previous checkpoint or the new one, never half of one; every search
-resumes from what these functions wrote.
+resumes from what these functions wrote. :func:`read_checkpoint` is the one reader of a
+method's checkpoint: every resume (a search, the CLI's checks, a cached SPOS supernet) reads
+it through here and gets one line naming the file when it cannot be used.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
+
+
+class RunFolderError(ValueError):
+    """A run folder or checkpoint that cannot be used; the message says why and what to do."""
+
+
+# The checkpoint a resumed run starts from: file, format, the keys it must hold, and the
+# method's other state files that a resume reads (JSON; each must parse).
+CHECKPOINTS = {
+    "pc-darts": ("checkpoint.pt", "torch", ("config", "epoch", "model", "w_optimizer",
+                                            "a_optimizer", "scheduler", "train_loader",
+                                            "valid_loader", "rng", "history"), ()),
+    "spos": ("supernet.pt", "torch", ("config", "epoch", "model", "history"),
+             ("fitness.json", "evolution.json", "random.json")),
+    "pnas": ("checkpoint.json", "json", ("config", "children"), ()),
+}
+CHECKPOINTS["darts"] = CHECKPOINTS["pc-darts"]
 
 
 def atomic_write(path, write) -> Path:
@@ -45,3 +65,67 @@ def write_json(path, obj, indent: int = 1, strict: bool = False) -> Path:
 def save(obj, path) -> Path:
     """``torch.save`` with an atomic rename."""
     return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def read_checkpoint(folder, method: str) -> dict:
+    """``method``'s checkpoint in ``folder``, read and checked: a readable file of the
+    method's format holding its keys; the method's other state files must parse. Raises
+    FileNotFoundError when there is none, :class:`RunFolderError` naming the file else."""
+    name, fmt, keys, extra = CHECKPOINTS[method]
+    path = Path(folder) / name
+    if Path(folder).is_file() or Path(folder).name == name:  # the file itself was named
+        path, folder = Path(folder), Path(folder).parent
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} in {folder}: nothing to resume")
+    if path.stat().st_size == 0:
+        raise RunFolderError(f"{path} is empty (a run killed while writing it?); start a new "
+                             f"run with --out")
+    try:
+        if fmt == "torch":
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            state = json.loads(path.read_text())
+    except Exception as e:  # torch.load raises many kinds (zip, pickle, EOF, ...) on bad input
+        raise RunFolderError(f"cannot read {path}: not a complete {method} checkpoint "
+                             f"({type(e).__name__}); it may be truncated or another file; "
+                             f"start a new run with --out") from None
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
+    if missing:
+        raise RunFolderError(f"{path} is not a {method} checkpoint: it lacks "
+                             f"{', '.join(missing)}; start a new run with --out")
+    if not isinstance(state["config"], dict):
+        raise RunFolderError(f"{path} is not a {method} checkpoint: its config is not a "
+                             f"mapping; start a new run with --out")
+    for other in extra:
+        p = Path(folder) / other
+        if p.exists():
+            try:
+                ok = isinstance(json.loads(p.read_text()), dict)
+            except (OSError, UnicodeDecodeError, ValueError):
+                ok = False
+            if not ok:
+                raise RunFolderError(f"cannot read {p}: not a JSON object (truncated?); "
+                                     f"delete it to recompute it, or start a new run with --out")
+    return state
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights and buffers: names a trained network exactly (a
+    fitness cache belongs to one supernet)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def capture(parts: dict, **extra) -> dict:
+    """A training's resume state: ``state_dict()`` of each of ``parts`` (model, optimizers,
+    schedulers, loaders) under its key, plus ``extra`` (epoch, config, RNG, history)."""
+    return {**{k: v.state_dict() for k, v in parts.items()}, **extra}
+
+
+def restore(state: dict, parts: dict) -> None:
+    """Load :func:`capture`'s state back into ``parts``, key by key."""
+    for k, v in parts.items():
+        v.load_state_dict(state[k])

@@ -9,7 +9,7 @@ configs (search settings) live in the method's module and follow the same patter
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from .devices import resolve_device
 
@@ -84,4 +84,18 @@ def preset_name(name: str | None = None, device="auto") -> str:
     return get_preset(name, device).name
 
 
-__all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name"]
+def select(presets: dict, name: str, overrides: dict):
+    """The one rule of every method's ``get_config``: the preset ``name``'s config, each
+    override that is not None replacing its field (None means "not given", as a flag left
+    out), an unknown field refused in one line naming it."""
+    base = presets[name]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    known = [f.name for f in fields(base)]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {type(base).__name__} field(s): {', '.join(unknown)}; "
+                         f"the fields are {', '.join(known)}")
+    return replace(base, **given)
+
+
+__all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name", "select"]

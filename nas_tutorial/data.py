@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .devices import resolve_device  # noqa: F401  (nt.data.resolve_device, as before)
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
@@ -254,8 +255,6 @@ def load(name: str, train: bool = True, root=None, size: int | None = None,
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
-    from . import distributed
-
     # Under torchrun, each machine's first process loads (and downloads) first, the others
     # read what it wrote: N processes writing one archive at once could corrupt it.
     later = distributed.active() and os.environ.get("LOCAL_RANK", "0") != "0"

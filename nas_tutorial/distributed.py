@@ -1,7 +1,7 @@
 """Data parallelism over several processes with PyTorch's own engine: ``torchrun`` and
 ``torch.distributed`` (NCCL between GPUs, gloo between CPUs).
 
-``torchrun --nproc_per_node=N -m nas_tutorial.cli ...`` starts N copies of the same
+``torchrun --nproc_per_node=N -m nas_tutorial.run.cli ...`` starts N copies of the same
 command; each reads its place from the environment torchrun sets (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and :func:`init` joins them into one
 process group. Without torchrun nothing here does anything: the world has one process,
@@ -40,6 +40,9 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from .checkpoints import RunFolderError
+from .devices import resolve_device
 
 
 def launched() -> bool:
@@ -99,8 +102,6 @@ def init(device="auto", timeout_s: float = 1800.0) -> torch.device:
     device. ``device``: ``auto`` or ``cuda`` gives ``cuda:LOCAL_RANK`` with NCCL when CUDA is
     here, the CPU with gloo otherwise (``cpu``: gloo even on a GPU machine). Without
     torchrun (``WORLD_SIZE`` unset or 1): no group, ``device`` resolved as usual."""
-    from .data import resolve_device
-
     device = resolve_device(device)
     if not launched():
         return device
@@ -257,8 +258,6 @@ def check_world(saved: int | None, where) -> None:
     what the uninterrupted one would have."""
     saved = 1 if saved is None else int(saved)
     if saved != world_size():
-        from .runfolders import RunFolderError
-
         how = ("without torchrun" if saved == 1
                else f"with torchrun and {saved} processes in all (--nnodes x --nproc_per_node)")
         raise RunFolderError(f"{where} was run on {saved} process(es), this is "

@@ -209,7 +209,7 @@ class Genotype:
         # A notebook shows the cell drawing (SVG, and PNG for untrusted notebooks); without
         # graphviz (or its `dot`) it falls back to the text repr.
         try:
-            from .viz import draw_genotype
+            from .viz.shared import draw_genotype
             bundle = draw_genotype(self)._repr_mimebundle_()
         except Exception:
             bundle = {}

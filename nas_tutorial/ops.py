@@ -101,7 +101,7 @@ class FactorizedReduce(nn.Module):
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
-        self.grouped = False  # one grouped conv instead of two (convs.fast_backward sets it)
+        self.grouped = False  # one grouped conv instead of two (fast.convs.fast_backward sets it)
 
     def forward(self, x):
         x = self.relu(x)
@@ -118,6 +118,16 @@ class FactorizedReduce(nn.Module):
         grids = torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]], dim=1)  # (B, 2C_in, H/2, W/2)
         weight = torch.cat([self.conv_1.weight, self.conv_2.weight])  # (C_out, C_in, 1, 1)
         return self.bn(nn.functional.conv2d(grids, weight, groups=2))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle (PC-DARTS Sec. 3.2): view (B, g, C/g, H, W), swap the two
+    channel axes, flatten; the g groups interleave, so the next edge's first C/K channels
+    mix processed and bypassed ones."""
+    if groups == 1:
+        return x
+    B, C, H, W = x.shape
+    return x.view(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)
 
 
 def _skip(C, stride, affine):

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .config import TrainConfig
-from .data import DeviceLoader, ImageDataset
+from .config import TrainConfig, get_preset
+from .data import DeviceLoader, ImageDataset, load
+from .genotypes import resolve
+from .network import NetworkCIFAR
+from .progress import progress_bar  # noqa: F401  (training.progress_bar, as before)
 from .devices import autocast, model_device, model_dtype, resolve_device  # noqa: F401
 
 
@@ -266,27 +269,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
     return history
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True, **kwargs):
-    """A tqdm bar: text in a terminal; in a notebook, text redrawn in place that ends as one
-    line, what ran and how long (``nas_tutorial.notebook.progress_bar``)."""
-    from .notebook import progress_bar as bar
-
-    return bar(total=total, desc=desc, enabled=enabled, **kwargs)
-
-
 def train_genotype(genotype, preset=None, epochs: int | None = None, device="auto",
                    progress: bool = True, callback=None, seed: int | None = None):
     """Build the evaluation network of ``genotype`` for ``preset`` and train it briefly.
 
     Returns ``(model, history)``; the history has train and test curves.
     """
-    from dataclasses import replace
-
-    from .config import get_preset
-    from .data import load
-    from .genotypes import resolve
-    from .network import NetworkCIFAR
-
     preset = preset if not isinstance(preset, (str, type(None))) else get_preset(preset, device)
     genotype = resolve(genotype)
     cfg = preset.train

@@ -2,7 +2,7 @@
 spec again in every worker from the factory's module and name)."""
 import time
 
-from nas_tutorial.tables import Spec
+from nas_tutorial.run.tables import Spec
 
 
 def spec(preset, device):

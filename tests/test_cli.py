@@ -4,7 +4,8 @@ import json
 import pytest
 
 import nas_tutorial as nt
-from nas_tutorial.cli import main
+from nas_tutorial.run import cli
+from nas_tutorial.run.cli import main
 
 
 def run(capsys, *argv):
@@ -86,12 +87,10 @@ def test_debug_shows_the_traceback_of_an_expected_error(capsys, argv):
 
 
 def test_an_unexpected_exception_keeps_its_traceback(monkeypatch):
-    from nas_tutorial import genotypes
-
     def bug(name):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(genotypes, "resolve", bug)
+    monkeypatch.setattr(cli, "resolve", bug)  # where the CLI looks it up
     with pytest.raises(KeyError, match="a bug"):
         main(["info", "PC_DARTS"])
 
@@ -118,24 +117,20 @@ def test_a_diverged_search_is_one_line(capsys, monkeypatch, tmp_path):
     (MemoryError(), "out of memory"),
 ])
 def test_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path, error, words):
-    from nas_tutorial import training
-
     def oom(*args, **kw):
         raise error
 
-    monkeypatch.setattr(training, "train_genotype", oom)
+    monkeypatch.setattr(cli, "train_genotype", oom)
     code, _, err = run(capsys, "train", "PC_DARTS", "--out", str(tmp_path / "run"))
     assert code == 2 and words in one_line(err)
 
 
 def test_an_interrupted_train_writes_nothing_and_suggests_no_resume(capsys, monkeypatch,
                                                                     tmp_path):
-    from nas_tutorial import training
-
     def stop(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "train_genotype", stop)
+    monkeypatch.setattr(cli, "train_genotype", stop)
     code, _, err = run(capsys, "train", "PC_DARTS", "--out", str(tmp_path / "run"))
     assert code == 130 and err.strip() == "nas-tutorial: interrupted"
     assert not (tmp_path / "run").exists()
@@ -202,7 +197,8 @@ def test_whole_numbers_still_read_as_indices():
 ])
 def test_absurd_sizes_are_refused_at_once_with_the_memory_they_need(capsys, monkeypatch, flags,
                                                                     words):
-    from nas_tutorial import cli, network
+    from nas_tutorial import network
+    from nas_tutorial.run import cli
 
     monkeypatch.setattr(cli, "_machine_memory", lambda: 64 * 10**9)
     built = []
@@ -221,7 +217,7 @@ def test_absurd_sizes_are_refused_at_once_with_the_memory_they_need(capsys, monk
 
 
 def test_the_memory_bound_is_params_plus_the_largest_feature_map(capsys, monkeypatch):
-    from nas_tutorial import cli
+    from nas_tutorial.run import cli
 
     # PC_DARTS at C=36, 20 cells, 32 px: 3,634,678 params + 147,456 values = 15,128,536 bytes
     monkeypatch.setattr(cli, "_machine_memory", lambda: 15_128_536)
@@ -259,18 +255,18 @@ def test_a_cuda_index_past_the_last_gpu_is_one_line(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("verb, target", [
-    (["train", "PC_DARTS"], ("training", "train_genotype")),
-    (["search", "pc-darts"], ("pc_darts", "search")),
-    (["search", "darts"], ("pc_darts", "search")),
-    (["search", "spos"], ("spos", "cli_search")),
-    (["search", "pnas"], ("pnas", "search")),
-    (["table", "spos"], ("tables", "cli_table")),
+    (["train", "PC_DARTS"], ("run.cli", "train_genotype")),
+    (["search", "pc-darts"], ("methods.pc_darts", "search")),
+    (["search", "darts"], ("methods.pc_darts", "search")),
+    (["search", "spos"], ("run.searches", "search_spos")),
+    (["search", "pnas"], ("methods.pnas", "search")),
+    (["table", "spos"], ("run.cli", "cli_table")),
 ])
 @pytest.mark.parametrize("device", ["cpu", "auto"])
 def test_device_reaches_the_functions_that_compute(monkeypatch, tmp_path, verb, target, device):
     import importlib
 
-    module = importlib.import_module(f"nas_tutorial.{target[0]}")
+    module = importlib.import_module(f"nas_tutorial.{target[0]}")  # where the CLI calls it
     seen = []
 
     def record(*args, **kw):
@@ -329,7 +325,7 @@ def test_a_diverged_train_is_one_line_and_creates_no_folder(capsys, monkeypatch,
     def diverge(*args, **kw):
         raise training.diverged("training", 2, "loss", hint="a lower lr than 0.05")
 
-    monkeypatch.setattr(training, "train_genotype", diverge)
+    monkeypatch.setattr(cli, "train_genotype", diverge)
     out = tmp_path / "run"
     code, _, err = run(capsys, "train", "DARTS_V2", "--preset", "quick", "--out", str(out))
     assert code == 2 and one_line(err) == (
@@ -357,9 +353,30 @@ def test_the_preset_follows_the_chosen_device(capsys, monkeypatch, tmp_path):
         seen.update(kw)
         return {"result": "x", "run_dir": tmp_path}
 
-    monkeypatch.setattr(pc_darts, "cli_search", fake)
+    from nas_tutorial.run import searches
+
+    monkeypatch.setattr(searches, "search_pc_darts", fake)
     assert main(["search", "pc-darts", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
     assert seen["preset"] == "quick"
     assert main(["search", "pc-darts", "--device", "cpu", "--preset", "full",
                  "--out", str(tmp_path / "r")]) == 0
     assert seen["preset"] == "full"
+
+
+def test_student_copies_come_from_the_command_line(tmp_path, capsys):
+    """`nas-tutorial student` (make student) writes a learner's copy of every notebook."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "notebooks"
+    assert main(["student", str(src), str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.ipynb"))
+    assert written == sorted(p.name for p in src.glob("*.ipynb"))
+    assert capsys.readouterr().out.count("student copy:") == len(written)
+
+
+def test_a_search_step_is_timed_by_the_library():
+    """Notebook 03 and `make bench` time the step through nas_tutorial.run.measure."""
+    from nas_tutorial.run import measure
+
+    row = measure.search_step(4, C=4, layers=3, batch=2, image_size=8, steps=1, device="cpu")
+    assert row["k"] == 4 and row["step_s"] > 0 and row["cpu_s"] > 0 and row["params"] > 0

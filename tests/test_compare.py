@@ -211,7 +211,7 @@ def test_random_search_selects_on_one_training_and_scores_another():
     against a simulation, and below the optimistic best-of-n of the same trainings."""
     import numpy as np
 
-    from nas_tutorial import tables
+    from nas_tutorial.run import tables
 
     acc = [(0.70, 0.80), (0.78, 0.72), (0.75, 0.76), (0.60, 0.65)]
     rows = [{"key": f"r{i}", "group": "random", "arch": {}, "accuracy": list(a)}
@@ -252,7 +252,7 @@ def test_seed_study_summary_of_recorded_runs():
 
 
 def test_placement_figure_draws_every_seed():
-    from nas_tutorial import tables
+    from nas_tutorial.run import tables
 
     rows = [{"key": f"r{i}", "group": "random", "arch": {}, "accuracy": [a, a + 0.01]}
             for i, a in enumerate((0.5, 0.6, 0.7))]
@@ -262,3 +262,24 @@ def test_placement_figure_draws_every_seed():
     fig = cmp.plot_placement(table, {"warm-up": runs}, best_of=2)
     xs = [list(t.x) for t in fig.data]
     assert [0.55, 0.65] in xs and sorted(table.trainings()) == sorted(xs[0])
+
+
+def test_an_effect_over_seeds_comes_with_its_interval():
+    """The mean difference over seeds with a 95% bootstrap interval, which says when it
+    holds zero; the same call gives the same interval."""
+    clear = cmp.interval([0.010, 0.012, 0.008, 0.011, 0.009] * 4)
+    assert clear["n"] == 20 and clear["low"] > 0 and not clear["holds_zero"]
+    assert clear["low"] <= clear["mean"] <= clear["high"] and clear["mean"] == pytest.approx(0.01)
+    noise = cmp.interval([0.01, -0.012, 0.004, -0.006, 0.002, -0.001] * 3)
+    assert noise["holds_zero"] and noise == cmp.interval([0.01, -0.012, 0.004, -0.006, 0.002,
+                                                          -0.001] * 3)
+
+
+@pytest.mark.fashion
+def test_pnas_is_judged_against_random_by_the_table_truth():
+    study = cmp.pnas_truth_study(seeds=range(2), progress=False)
+    table = nt.groundtruth.load("pnas")
+    for row in study["rows"]:
+        assert row["difference"] == pytest.approx(row["best_truth"] - row["random_best_truth"])
+        assert min(table.accuracy(r["key"]) for r in table.rows) <= row["best_truth"]
+    assert study["difference"]["n"] == 2 and set(study["spearman_unseen"]) == {"2", "3"}

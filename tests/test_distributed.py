@@ -23,7 +23,7 @@ from torch import nn
 import distributed_worker as w
 import nas_tutorial as nt
 from nas_tutorial import distributed, pc_darts, pnas, spos
-from nas_tutorial.cli import main as cli_main
+from nas_tutorial.run.cli import main as cli_main
 from nas_tutorial.data import DeviceLoader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +128,8 @@ def reference_search(cfg, shards=w.W):
     vl = DeviceLoader(valid_ds, cfg.batch_size, seed=cfg.seed + 1, drop_last=True,
                       channels_last=cl)
     model = pc_darts.SearchNetwork(cfg.C, data.num_classes, cfg.layers, cfg.k, cfg.edge_norm,
-                                   cfg.steps, cfg.multiplier, in_channels=data.shape[0])
+                                   cfg.steps, cfg.multiplier, in_channels=data.shape[0],
+                                   fast=True)  # the supernet the search runs
     if cl:
         model.to(memory_format=torch.channels_last)
     weights, arch = model.weight_parameters(), model.arch_parameters()
@@ -284,7 +285,7 @@ def resumed(run):
     out, _ = run
     folder = out / "resume-run"
     assert torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"] == 1
-    proc = torchrun("-m", "nas_tutorial.cli", "search", "pc-darts", "--resume", str(folder),
+    proc = torchrun("-m", "nas_tutorial.run.cli", "search", "pc-darts", "--resume", str(folder),
                     "--device", "cpu")
     return folder, proc
 
@@ -300,7 +301,7 @@ def test_a_stopped_2_rank_search_resumes_through_torchrun_to_the_uninterrupted_r
         torch.testing.assert_close(done["model"][k], v, **TOL, msg=k)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["processes"] == 2
-    assert summary["genotype"] == ranks[0]["pc_darts"]["genotype"]
+    assert summary["results"]["genotype"] == ranks[0]["pc_darts"]["genotype"]
     # rank 0 alone prints its result line (a line of its own: "graphviz 'dot' not found:"
     # on a machine without graphviz must not count)
     assert [line.startswith("found:") for line in proc.stdout.splitlines()].count(True) == 1

@@ -101,7 +101,8 @@ def test_make_runs_the_notebooks_on_quick_whatever_the_machine():
 def test_one_thread_rule_for_the_notebooks_and_the_cli(monkeypatch):
     import torch
 
-    from nas_tutorial import cli, notebook
+    from nas_tutorial import notebook
+    from nas_tutorial.run import cli
 
     seen = []
     monkeypatch.setattr(cli, "_info", lambda args: seen.append(torch.get_num_threads()) or 0)
@@ -139,7 +140,7 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
         def pipe(self, format):
             return b"<svg/>"
 
-    monkeypatch.setattr(viz, "has_dot", lambda: True)
+    monkeypatch.setattr(viz.shared, "has_dot", lambda: True)  # save_svg reads it there
     assert viz.save_svg(Graph(), tmp_path / "cell.svg").read_bytes() == b"<svg/>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.svg", "curves.html",
                                                           "curves.html.tmp"]
@@ -148,7 +149,7 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
 def test_a_long_run_is_announced_once_after_its_first_steps(capsys):
     """A run estimated over an hour says so in one line after its first steps (a full
     preset started on a CPU); a short one says nothing."""
-    from nas_tutorial.notebook import ESTIMATE_AFTER, progress_bar, run_estimate
+    from nas_tutorial.progress import ESTIMATE_AFTER, progress_bar, run_estimate
 
     assert run_estimate(30.0, 3, 100) is None            # 1,000 s in all
     assert "about 2.8 h" in run_estimate(30.0, 3, 1000)   # 10,000 s
@@ -166,7 +167,7 @@ def test_a_long_run_is_announced_once_after_its_first_steps(capsys):
 
 
 def test_a_resumed_or_silent_bar_estimates_from_its_own_steps(capsys):
-    from nas_tutorial.notebook import progress_bar
+    from nas_tutorial.progress import progress_bar
 
     quiet = progress_bar(1000, "search", enabled=False, initial=500)  # a resumed, silent run
     quiet.update(1)

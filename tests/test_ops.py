@@ -110,7 +110,7 @@ def test_factorized_reduce_backward_in_nhwc_with_narrow_halves_is_safe():
 def test_depthwise_conv_backward_rewrites_are_exact(k, stride, dilation, size, channels_last):
     """DepthwiseConv2d's CPU backward (flipped-kernel input gradient, NHWC weight gradient,
     parity grids for dilation 2) gives torch's own gradients, in float64 to 1e-12."""
-    from nas_tutorial.convs import DepthwiseConv2d
+    from nas_tutorial.fast.convs import DepthwiseConv2d
 
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -132,7 +132,7 @@ def test_depthwise_conv_backward_rewrites_are_exact(k, stride, dilation, size, c
 def test_depthwise_conv_takes_the_rewrites(monkeypatch):
     """Stride 1: no native input-gradient kernel; dilation 2 at 16 px: the weight gradient
     over the four parity grids (a batch of 4B half-size images)."""
-    from nas_tutorial import convs as depthwise
+    from nas_tutorial.fast import convs as depthwise
 
     seen = []
     native = depthwise._native
@@ -153,7 +153,7 @@ def test_depthwise_conv_takes_the_rewrites(monkeypatch):
 
 
 def test_depthwise_conv_under_cpu_autocast_matches_torch():
-    from nas_tutorial.convs import DepthwiseConv2d
+    from nas_tutorial.fast.convs import DepthwiseConv2d
 
     torch.manual_seed(0)
     conv = DepthwiseConv2d(4, 5, 1, 4, 2)
@@ -172,10 +172,12 @@ def test_depthwise_conv_under_cpu_autocast_matches_torch():
 
 
 def test_fast_backward_only_in_the_search_supernet():
-    """Evaluation networks (whose trainings the tables recorded) keep torch's kernels; the
-    search's mixed ops get the rewrites, with the same parameters."""
+    """Evaluation networks (whose trainings the tables recorded) and the plain supernet keep
+    torch's kernels; the search's (fast) mixed ops get the rewrites, with the same
+    parameters."""
     from nas_tutorial import pc_darts
-    from nas_tutorial.convs import DepthwiseConv2d, fast_backward
+    from nas_tutorial.fast import pc_darts as fast_pc_darts
+    from nas_tutorial.fast.convs import DepthwiseConv2d, fast_backward
 
     plain = OPS["sep_conv_5x5"](4, 1, True)
     assert not any(isinstance(m, DepthwiseConv2d) for m in plain.modules())
@@ -183,7 +185,8 @@ def test_fast_backward_only_in_the_search_supernet():
     fast = fast_backward(plain)
     assert sum(isinstance(m, DepthwiseConv2d) for m in fast.modules()) == 2
     assert all(torch.equal(v, state[k]) for k, v in fast.state_dict().items())
-    mixed = pc_darts.MixedOp(4, 2)
+    assert not any(isinstance(m, DepthwiseConv2d) for m in pc_darts.MixedOp(4, 2).modules())
+    mixed = fast_pc_darts.FastMixedOp(4, 2)
     assert sum(isinstance(m, DepthwiseConv2d) for m in mixed.modules()) == 6
     assert all(m.grouped for m in mixed.modules() if isinstance(m, FactorizedReduce))
 
@@ -191,7 +194,7 @@ def test_fast_backward_only_in_the_search_supernet():
 @pytest.mark.parametrize("k,pad,stride,dilation", [(2, 1, 1, 2), (4, 3, 1, 2), ((3, 5), (1, 2), 1, 1)])
 def test_depthwise_conv_odd_settings_fall_back_exactly(k, pad, stride, dilation):
     """Even kernels with dilation 2 (odd padding) and non-square settings: torch's result."""
-    from nas_tutorial.convs import DepthwiseConv2d
+    from nas_tutorial.fast.convs import DepthwiseConv2d
 
     torch.manual_seed(0)
     conv = DepthwiseConv2d(3, k, stride, pad, dilation).double()

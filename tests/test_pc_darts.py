@@ -1,8 +1,7 @@
-"""PC-DARTS / DARTS search: checked against an independent copy of the official code."""
+"""PC-DARTS / DARTS search: the plain supernet against the official code's sums, the fast
+one (the search's) against the plain one."""
 import copy
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,45 +10,133 @@ from torch import nn
 
 import nas_tutorial as nt
 from nas_tutorial import pc_darts as pc
-from nas_tutorial.cli import main as cli_main
+from nas_tutorial.fast import pc_darts as fpc
+from nas_tutorial.run import searches
+from nas_tutorial.run.cli import main as cli_main
 from nas_tutorial.ops import DARTS_OPS
 
 
-# An independent supernet written like the official model_search.py files.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from reference_pc_darts import RefNetwork  # noqa: E402
+@pytest.fixture
+def one_thread():
+    # Thousands of tiny ops: on a busy 2-core machine a second OpenMP thread made these
+    # tests 10-100x slower (measured), as it does the quick search (PRESETS["quick"]).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-def _pair(k, edge_norm, C=8, layers=3, steps=3, mult=3):
-    torch.manual_seed(0)
-    net = pc.SearchNetwork(C, 5, layers, k=k, edge_norm=edge_norm, steps=steps,
-                           multiplier=mult, in_channels=2).double()
-    ref = RefNetwork(C, 5, layers, k, steps, mult, 2).double()
-    mine = net.weight_parameters()
-    theirs = list(ref.parameters())
-    assert [p.shape for p in mine] == [p.shape for p in theirs]
+def _net(k, edge_norm, fast=False, seed=0):
+    """A float64 supernet of 3 cells (normal, reduction, reduction after a reduction), its
+    alpha/beta drawn away from uniform so that the weights matter."""
+    torch.manual_seed(seed)
+    net = pc.SearchNetwork(8, 5, 3, k=k, edge_norm=edge_norm, steps=3, multiplier=3,
+                           in_channels=2, fast=fast).double()
     with torch.no_grad():
-        for p, q in zip(theirs, mine):
-            p.copy_(q)
-        for p in net.arch_parameters():  # away from uniform, so the weights matter
+        for p in net.arch_parameters():
             p.normal_(0, 1)
-    return net, ref
+    return net
 
 
-@pytest.mark.parametrize("k,edge_norm", [(1, False), (4, True), (2, False)])
-def test_supernet_matches_official_structure(k, edge_norm):
-    net, ref = _pair(k, edge_norm)
-    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
-    out = net(x)
-    ref_out = ref(x, *net.arch_parameters())
-    if k == 1 and not edge_norm:  # the DARTS supernet, same sums in the same order
-        torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
-    else:  # per-node shuffle/beta: the same sum, reassociated
-        torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-10)
+def _official_forward(net, x):
+    """The official ``model_search.py`` forward, written out here over ``net``'s own modules:
+    PC-DARTS's ``MixedOp.forward`` (partial channels, bypass, shuffle per edge; DARTS's at
+    k=1), ``Cell.forward`` (sum_j weights2[j] * op_j(h_j)) and ``Network.forward`` (the
+    per-node softmax of beta, built as the official loop builds it)."""
+    def channel_shuffle(x, groups):  # official
+        b, c, h, w = x.size()
+        x = x.view(b, groups, c // groups, h, w)
+        return torch.transpose(x, 1, 2).contiguous().view(b, -1, h, w)
+
+    def mixed_op(cell, e, x, weights):
+        ops = cell._ops[e]._ops
+        if net.k == 1:  # DARTS MixedOp
+            return sum(w * op(x) for w, op in zip(weights, ops))
+        dim_2 = x.shape[1]
+        xtemp, xtemp2 = x[:, :dim_2 // net.k], x[:, dim_2 // net.k:]
+        temp1 = sum(w * op(xtemp) for w, op in zip(weights, ops))
+        if temp1.shape[2] == x.shape[2]:
+            ans = torch.cat([temp1, xtemp2], dim=1)
+        else:
+            ans = torch.cat([temp1, cell.mp(xtemp2)], dim=1)
+        return channel_shuffle(ans, net.k)
+
+    s0 = s1 = net.stem(x)
+    for cell in net.cells:
+        kind = "reduce" if cell.reduction else "normal"
+        weights = F.softmax(getattr(net, "alpha_" + kind), dim=-1)
+        if net.edge_norm:
+            betas = getattr(net, "beta_" + kind)
+            n, start = 3, 2
+            weights2 = F.softmax(betas[0:2], dim=-1)
+            for i in range(net._steps - 1):
+                end = start + n
+                weights2 = torch.cat([weights2, F.softmax(betas[start:end], dim=-1)], dim=0)
+                start, n = end, n + 1
+        states, offset = [cell.preprocess0(s0), cell.preprocess1(s1)], 0
+        for i in range(net._steps):
+            if net.edge_norm:
+                s = sum(weights2[offset + j] * mixed_op(cell, offset + j, h, weights[offset + j])
+                        for j, h in enumerate(states))
+            else:
+                s = sum(mixed_op(cell, offset + j, h, weights[offset + j])
+                        for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        s0, s1 = s1, torch.cat(states[-net._multiplier:], dim=1)
+    out = net.global_pooling(s1)
+    return net.classifier(out.view(out.size(0), -1))
+
+
+@pytest.mark.parametrize("k,edge_norm", [(1, False), (2, True), (4, True), (4, False)],
+                         ids=["darts", "k2", "k4", "k4-no-beta"])
+def test_plain_supernet_is_the_official_code(k, edge_norm, one_thread):
+    """The library's reference supernet computes the official code's sums in the official
+    order: equal to the last bit's noise. ``k=1, edge_norm=False`` is DARTS: every channel
+    through every op, no shuffle, no beta."""
+    net = _net(k, edge_norm)
+    x = torch.randn(4, 2, 10, 10, dtype=torch.float64)  # odd sizes after the reductions
+    out, ref = net(x), _official_forward(net, x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     g = torch.autograd.grad(out.square().sum(), net.arch_parameters())
-    g_ref = torch.autograd.grad(ref_out.square().sum(), net.arch_parameters())
+    g_ref = torch.autograd.grad(ref.square().sum(), net.arch_parameters())
     for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    if k == 1 and not edge_norm:
+        assert [p.shape for p in net.arch_parameters()] == [(9, 8)] * 2  # alpha only
+        assert all(op._ops[-1][1].in_channels == cell.C for cell in net.cells
+                   for op in cell._ops)  # dil_conv_5x5 reads all C channels of its state
+
+
+@pytest.mark.parametrize("edge_norm", [False, True], ids=["no-beta", "beta"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fast_supernet_equals_the_plain_one(k, edge_norm, one_thread):
+    """The search's fast cells (nas_tutorial.fast.pc_darts) are the plain supernet
+    rewritten: built from one seed, they hold the same parameters and buffers under the same
+    names (a checkpoint of one loads into the other), and in float64 give the same logits,
+    the same gradients for alpha, beta and every weight, and the same BN statistics; in a
+    normal cell, a reduction cell and a reduction cell after a reduction, at odd sizes."""
+    plain, fast = _net(k, edge_norm), _net(k, edge_norm, fast=True)
+    assert type(plain.cells[0]) is pc.SearchCell and type(fast.cells[0]) is fpc.FastSearchCell
+    assert [c.reduction for c in plain.cells] == [False, True, True]
+    state, fast_state = plain.state_dict(), fast.state_dict()
+    assert list(state) == list(fast_state)
+    for name in state:
+        assert torch.equal(state[name], fast_state[name]), name  # one seed, one network
+    fast.load_state_dict(copy.deepcopy(state))
+    x = torch.randn(4, 2, 10, 10, dtype=torch.float64)
+    out, fast_out = plain(x), fast(x)
+    torch.testing.assert_close(fast_out, out, rtol=1e-9, atol=1e-12)
+    names = [n for n, _ in plain.named_parameters()]
+    assert names == [n for n, _ in fast.named_parameters()]
+    assert {"alpha_normal", "alpha_reduce"} <= set(names)
+    assert ("beta_normal" in names) == edge_norm
+    grads = torch.autograd.grad(out.square().sum(), list(plain.parameters()))
+    fast_grads = torch.autograd.grad(fast_out.square().sum(), list(fast.parameters()))
+    for name, g, fg in zip(names, grads, fast_grads):
+        torch.testing.assert_close(fg, g, rtol=1e-8, atol=1e-12, msg=name)
+    for (name, b), fb in zip(plain.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(fb, b, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_partial_channels_and_shuffle():
@@ -65,12 +152,15 @@ def test_partial_channels_and_shuffle():
     net(torch.randn(2, 3, 8, 8))
     # 1/4 of 16, 32, 64 channels go through the ops: 4, 8, 16
     assert sorted(set(seen)) == [(4, 4), (8, 8), (16, 16)]
-    # The ops never read the bypassed channels: the ops' input is the first C/K of a state.
-    cell = net.cells[0]
-    s = torch.randn(2, 16, 8, 8)
-    assert torch.equal(cell._bypass(s, 0), s[:, 4:])
-    red = net.cells[1]
-    assert red._bypass(torch.randn(2, 32, 8, 8), 1).shape == (2, 24, 4, 4)
+    # The ops never read the bypassed channels: an edge's ops take the first C/K channels
+    # of its state, the others leave the edge as they came (max-pooled on a strided edge),
+    # shuffled in. The shuffle into C/K groups undoes the one into K.
+    w = torch.full((len(DARTS_OPS),), 1 / len(DARTS_OPS))
+    cell, s = net.cells[0], torch.randn(2, 16, 8, 8)
+    assert torch.equal(pc.channel_shuffle(cell.edge(0, s, w), 16 // 4)[:, 4:], s[:, 4:])
+    red, s = net.cells[1], torch.randn(2, 32, 8, 8)
+    rest = pc.channel_shuffle(red.edge(1, s, w), 32 // 4)[:, 8:]
+    assert rest.shape == (2, 24, 4, 4) and torch.equal(rest, red.mp(s[:, 8:]))
 
 
 @pytest.mark.parametrize("reduction", [False, True])
@@ -79,7 +169,7 @@ def test_pools_run_once_per_state_and_change_nothing(reduction, monkeypatch):
     each state once (5 states, not 14 edges) and each edge applies its own BN. Outputs,
     gradients and every BN's running statistics equal the pool-per-edge computation."""
     torch.manual_seed(0)
-    cell = pc.SearchCell(4, 4, 8, 8, 8, reduction, False, k=2).double()
+    cell = fpc.FastSearchCell(4, 4, 8, 8, 8, reduction, False, k=2).double()
     alpha = torch.randn(14, 8, dtype=torch.float64).softmax(-1).requires_grad_()
     beta = pc.node_softmax(torch.randn(14, dtype=torch.float64), 4)
     s0, s1 = (torch.randn(3, 8, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -91,7 +181,7 @@ def test_pools_run_once_per_state_and_change_nothing(reduction, monkeypatch):
 
     def run(shared):
         if not shared:
-            monkeypatch.setattr(pc.MixedOp, "pooled", lambda self, x: {})
+            monkeypatch.setattr(fpc.FastMixedOp, "pooled", lambda self, x: {})
         c = copy.deepcopy(cell)
         out = c(s0, s1, alpha, beta)
         grads = torch.autograd.grad(out.square().sum(), [alpha, s0, s1])
@@ -161,7 +251,9 @@ def test_second_order_gradient_matches_finite_differences():
     torch.manual_seed(0)
     cfg = pc.SearchConfig(dataset="synthetic", C=4, layers=3, steps=2, multiplier=2, k=2,
                           unrolled=True, weight_decay=3e-4, amp=False)
-    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1).double()
+    # the search's supernet (fast cells): the step as the search takes it
+    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1,
+                           fast=True).double()
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_(0, 0.5)
@@ -308,7 +400,7 @@ def test_cli_search_writes_the_run(tmp_path, capsys):
     assert f"found:    {g}" in text
     # issue 16: the run wrote only its run files (what --overwrite deletes), and the finished
     # run is safe: a new run into it, or a resume that contradicts it, changes nothing
-    from nas_tutorial.runfolders import RUN_FILES
+    from nas_tutorial.run.folders import RUN_FILES
 
     written = {p.name for p in out.iterdir()}
     assert written <= set(RUN_FILES["pc-darts"]), written - set(RUN_FILES["pc-darts"])
@@ -343,7 +435,7 @@ def test_second_order_step_stays_fp32_under_bf16_autocast(monkeypatch):
     torch.manual_seed(0)
     cfg = pc.SearchConfig(dataset="synthetic", C=8, layers=5, steps=4, multiplier=4, k=4,
                           unrolled=True, weight_decay=3e-4, amp=True)
-    net = pc.SearchNetwork(8, 10, 5, k=4, steps=4, multiplier=4, in_channels=3)
+    net = pc.SearchNetwork(8, 10, 5, k=4, steps=4, multiplier=4, in_channels=3, fast=True)
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_(0, 1e-3)
@@ -413,16 +505,16 @@ def _tf32_off_inside(monkeypatch, seen):
 
 def _repeats_exactly(k, channels_last, monkeypatch, ops=False) -> bool:
     """Do two tiny searches with one seed, in one layout, give the same losses?"""
-    monkeypatch.setitem(pc.CPU_OPS_CHANNELS_LAST if ops else pc.CPU_CHANNELS_LAST, k,
+    monkeypatch.setitem(fpc.CPU_OPS_CHANNELS_LAST if ops else fpc.CPU_CHANNELS_LAST, k,
                         channels_last)
     if ops:
-        monkeypatch.setitem(pc.CPU_CHANNELS_LAST, k, False)
+        monkeypatch.setitem(fpc.CPU_CHANNELS_LAST, k, False)
     cfg = _tiny(k=k, edge_norm=k > 1, epochs=2, record_every=0, cpu_threads=2, C=16)
     runs = [pc.search(cfg, device="cpu", progress=False).history for _ in range(2)]
     if ops:
-        assert pc.ops_channels_last(cfg, "cpu") == channels_last
+        assert fpc.ops_channels_last(cfg, "cpu") == channels_last
     else:
-        assert pc.uses_channels_last(cfg, "cpu") == channels_last
+        assert fpc.uses_channels_last(cfg, "cpu") == channels_last
     return runs[0].train_loss == runs[1].train_loss and runs[0].alpha_normal == runs[1].alpha_normal
 
 
@@ -454,7 +546,7 @@ def test_cpu_layout_table_follows_the_newest_benchmark_record(monkeypatch):
     ops run in NCHW or NHWC (CPU_OPS_CHANNELS_LAST)."""
     from pathlib import Path
 
-    root = Path(pc.__file__).resolve().parent.parent / "data" / "runs"
+    root = Path(nt.__file__).resolve().parent.parent / "data" / "runs"
     records = [r for r in nt.runs.load_runs("benchmarks", root=root)
                if r["device"].startswith("CPU")
                and any("nhwc_scope" in row.get("raw", {}).get("layout", {})
@@ -466,17 +558,18 @@ def test_cpu_layout_table_follows_the_newest_benchmark_record(monkeypatch):
     for k, lay in measured.items():
         ops = lay["nhwc_scope"] == "ops"
         assert ops == (k > 1), k
-        table = (pc.CPU_OPS_CHANNELS_LAST if ops else pc.CPU_CHANNELS_LAST).get(k, False)
+        table = (fpc.CPU_OPS_CHANNELS_LAST if ops else fpc.CPU_CHANNELS_LAST).get(k, False)
         if lay["nhwc_ratio"] is None:
             assert table is False, k
         elif abs(lay["nhwc_ratio"] - 1) > 0.05:
             assert table == (lay["nhwc_ratio"] < 1), (k, lay)
         cfg = pc.get_config("pc-darts", "quick", k=k, edge_norm=k > 1)
-        assert pc.uses_channels_last(cfg, "cpu") == (not ops and table)
-        assert pc.ops_channels_last(cfg, "cpu") == (ops and table)
+        assert fpc.uses_channels_last(cfg, "cpu") == (not ops and table)
+        assert fpc.ops_channels_last(cfg, "cpu") == (ops and table)
         if table:  # a layout the search uses must repeat a seeded search exactly
             assert _repeats_exactly(k, True, monkeypatch, ops=ops), k
-    assert pc.uses_channels_last(pc.get_config("darts", "quick", channels_last=False), "cpu") is False
+    assert fpc.uses_channels_last(pc.get_config("darts", "quick", channels_last=False),
+                                  "cpu") is False
 
 
 def test_param_free_count_names_pools_and_skips():
@@ -496,20 +589,21 @@ def test_cli_retrain_places_the_found_cell_and_writes_the_summary(tmp_path, caps
                      "--retrain", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
+    results = summary["results"]
     found = pc.Genotype.load(out / "genotype.json")
     assert trained == [(found, 2, "cpu")]
     assert summary["preset"] == "quick" and summary["config"]["seed"] == 2
-    assert summary["seed"] == 2 and summary["k"] == 4 and summary["edge_norm"] is True
-    assert pc.Genotype.from_dict(summary["genotype"]) == found
-    assert summary["param_free_normal"] == pc.param_free_count(found)
-    assert summary["retrain_accuracy"] == 0.5 and summary["reference_percentile"] == 50.0
+    assert summary["seed"] == 2 and results["k"] == 4 and results["edge_norm"] is True
+    assert pc.Genotype.from_dict(results["genotype"]) == found
+    assert results["param_free_normal"] == pc.param_free_count(found)
+    assert results["retrain_accuracy"] == 0.5 and results["reference_percentile"] == 50.0
     assert "found cell: 0.500 test accuracy after retraining, better than 50% of random" in text
 
 
 def _fake_table(monkeypatch, dataset, trained=None, device="CPU x86_64, 1 thread(s)"):
     """A pc-darts table for ``dataset`` (random rows 0.2/0.4/0.6/0.8) and a cheap fake of
     its training protocol (returns 0.5, records what it trained)."""
-    from nas_tutorial import tables
+    from nas_tutorial.run import tables
 
     cfg = pc.get_config("pc-darts", "quick")
     protocol = {"dataset": dataset, "search_steps": cfg.steps,
@@ -546,7 +640,7 @@ def test_cli_retrain_refuses_a_table_of_other_data_before_searching(tmp_path, ca
 
 def test_cli_retrain_refuses_a_missing_or_stale_table_before_searching(tmp_path, capsys,
                                                                         monkeypatch):
-    from nas_tutorial import tables
+    from nas_tutorial.run import tables
 
     def missing(method, preset="quick", path=None):
         raise FileNotFoundError("no pc-darts table at X; make it with `nas-tutorial table "
@@ -580,10 +674,11 @@ def test_cli_resume_with_retrain_places_the_saved_run(tmp_path, capsys, monkeypa
     monkeypatch.setenv("NAS_TUTORIAL_PRESET", "full")  # what a GPU machine would default to
     assert cli_main(["search", "pc-darts", "--resume", str(out), "--retrain"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["genotype"] == first["genotype"] and s["retrain_accuracy"] == 0.5
-    assert trained == [(pc.Genotype.from_dict(first["genotype"]), 0, "cpu")]
-    assert s["config"]["epochs"] == 1 and s["search_s"] == pytest.approx(first["search_s"])
-    assert pc.table_preset(pc.SearchConfig(**s["config"])) == "quick"
+    r, r0 = s["results"], first["results"]
+    assert r["genotype"] == r0["genotype"] and r["retrain_accuracy"] == 0.5
+    assert trained == [(pc.Genotype.from_dict(r0["genotype"]), 0, "cpu")]
+    assert s["config"]["epochs"] == 1 and s["wall_s"] == pytest.approx(first["wall_s"])
+    assert searches.table_preset(pc.SearchConfig(**s["config"])) == "quick"
 
 
 def test_cli_search_summary_without_retrain(tmp_path):
@@ -591,8 +686,9 @@ def test_cli_search_summary_without_retrain(tmp_path):
     assert cli_main(["search", "darts", "--preset", "quick", "--epochs", "1",
                      "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["k"] == 1 and s["edge_norm"] is False and "retrain_accuracy" not in s
-    assert len(s["skips_per_epoch"]) == 1 and 0 <= s["param_free_normal"] <= s["normal_pairs"]
+    r = s["results"]
+    assert r["k"] == 1 and r["edge_norm"] is False and "retrain_accuracy" not in r
+    assert len(r["skips_per_epoch"]) == 1 and 0 <= r["param_free_normal"] <= r["normal_pairs"]
 
 
 def test_long_preset_is_the_quick_search_given_time():
@@ -620,10 +716,11 @@ def test_architecture_step_takes_no_depthwise_weight_gradient(monkeypatch, unrol
     """The architecture passes want d/d alpha only: no depthwise weight gradient is taken
     there, the weights require grad again afterwards, and the alpha gradient is the one
     taken the plain way (weights left requiring grad)."""
-    from nas_tutorial import convs
+    from nas_tutorial.fast import convs
 
     torch.manual_seed(0)
-    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1).double()
+    net = pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1,
+                           fast=True).double()
     twin = copy.deepcopy(net)
     x, y = torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (8,))
 

@@ -13,7 +13,7 @@ import pytest
 
 import nas_tutorial as nt
 from nas_tutorial import pnas
-from nas_tutorial.cli import main as cli_main
+from nas_tutorial.run.cli import main as cli_main
 
 TWO_OPS = ("sep_conv_3x3", "max_pool_3x3")
 
@@ -225,7 +225,7 @@ def test_figures_build_from_a_result():
 def fake_table(config, n_three=600, seeds=2, protocol=None):
     """A pnas table for ``config``'s children: all 1- and 2-block cells and ``n_three``
     random 3-block cells, accuracy = toy accuracy + a seed-dependent jitter."""
-    from nas_tutorial import tables
+    from nas_tutorial.run import tables
 
     one = pnas.one_block_cells(config.ops)
     cells = one + pnas.expand_all(one, config.ops) + pnas.random_cells(n_three, 3, config.ops, 7)
@@ -334,7 +334,12 @@ def test_shipped_table_drives_the_quick_search_through_the_cli(tmp_path, capsys)
     assert cli_main(["search", "pnas", "--preset", "quick", "--oracle", "table",
                      "--seed", "3", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["oracle"] == "table" and s["table_seed"] == 1 and s["seed"] == 3
+    assert s["seed"] == 3 and s["method"] == "pnas"
+    s = s["results"]
+    seeds = nt.groundtruth.load("pnas").seeds
+    assert s["oracle"] == "table" and s["table_seed"] == seeds[3 % len(seeds)]
+    assert s["best_truth"] is not None and s["random_best_truth"] is not None  # judged by
+    assert s["seed"] == 3  # the table's seed mean, a truth the search did not see
     assert s["models_trained"] == 10 + 2 * pnas.PNAS_PRESETS["quick"].beam
     assert s["random_best_accuracy"] is not None
     assert "random search" in capsys.readouterr().out
@@ -356,7 +361,7 @@ def test_real_children_concurrent_equals_sequential_and_cli_writes_files(tmp_pat
     cells_json = json.loads((out / "cells.json").read_text())
     assert best.steps == 2 and len(cells_json["evaluated"]) == 2 * (3 + 2)
     assert (out / "predictions.html").exists() and (out / "pnas_vs_random.html").exists()
-    from nas_tutorial.runfolders import RUN_FILES
+    from nas_tutorial.run.folders import RUN_FILES
 
     written = {p.name for p in out.iterdir()}
     assert written <= set(RUN_FILES["pnas"]), written - set(RUN_FILES["pnas"])
@@ -381,7 +386,7 @@ def test_cli_resume_continues_with_the_saved_settings_and_refuses_contradictions
     assert cli_main(["search", "pnas", "--resume", str(out), "--blocks", "2",
                      "--device", "cpu"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["seed"] == 3 and s["best_cell"] == done.best["key"]
+    assert s["seed"] == 3 and s["results"]["best_cell"] == done.best["key"]
 
 
 def test_a_diverged_child_stops_the_search_and_keeps_the_checkpoint(tmp_path):

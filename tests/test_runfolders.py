@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from nas_tutorial import pc_darts as pc
-from nas_tutorial import pnas, runfolders, spos, training
-from nas_tutorial.cli import main
+from nas_tutorial import pnas, spos
+from nas_tutorial.run import folders as runfolders
+from nas_tutorial.run import cli
+from nas_tutorial.run.cli import main
 
 SEARCHES = {"pc-darts": ["search", "pc-darts"], "darts": ["search", "darts"],
             "spos": ["search", "spos"], "pnas": ["search", "pnas"]}
@@ -23,7 +25,7 @@ VERBS = {**SEARCHES, "train": ["train", "PC_DARTS"]}
 
 
 REAL = [(pc, "search", pc.search), (spos, "load_data", spos.load_data),
-        (pnas, "search", pnas.search), (training, "train_genotype", training.train_genotype)]
+        (pnas, "search", pnas.search), (cli, "train_genotype", cli.train_genotype)]
 
 
 class Started(Exception):
@@ -43,7 +45,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(pc, "search", stub("pc-darts"))
     monkeypatch.setattr(spos, "load_data", stub("spos"))
     monkeypatch.setattr(pnas, "search", stub("pnas"))
-    monkeypatch.setattr(training, "train_genotype", stub("train"))
+    monkeypatch.setattr(cli, "train_genotype", stub("train"))
     return seen
 
 
@@ -198,7 +200,7 @@ def _pnas_checkpoint(folder: Path, **over) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = pnas.get_config("quick", **over)
     (folder / "checkpoint.json").write_text(json.dumps(
-        {"config": pnas._config_dict(cfg), "children": {}}))
+        {"config": pnas.config_dict(cfg), "children": {}}))
     return folder
 
 
@@ -314,8 +316,11 @@ def test_pc_darts_resume_accepts_flags_that_agree(tmp_path, no_work):
         main(["search", "pc-darts", "--resume", str(run_dir), "--preset", "quick", "--epochs",
               "1", "--k", "4", "--seed", "0", "--dataset", "digits", "--device", "cpu"])
     call = no_work["pc-darts"]
-    assert call["args"] == (None,)  # the saved config is used
-    assert call["resume"] == str(run_dir) and str(call["device"]) == "cpu"
+    (cfg,) = call["args"]  # the saved config, from the checkpoint read once by the CLI
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.dataset) == (1, 0, "digits")
+    assert call["resume"]["epoch"] == torch.load(run_dir / "checkpoint.pt",
+                                                 weights_only=False)["epoch"]
+    assert call["out"] == run_dir and str(call["device"]) == "cpu"
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -364,4 +369,4 @@ def test_pnas_resume_takes_the_saved_settings(tmp_path, no_work):
     call = no_work["pnas"]
     (cfg,) = call["args"]
     assert (cfg.blocks, cfg.beam, cfg.seed) == (2, 3, 4)
-    assert call["resume"] is True and call["run_dir"] == run_dir
+    assert call["resume"]["children"] == {} and call["run_dir"] == run_dir  # read once

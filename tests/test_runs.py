@@ -2,7 +2,7 @@
 import json
 
 import nas_tutorial as nt
-from nas_tutorial import runs
+from nas_tutorial.run import records as runs
 
 
 def test_record_and_load(tmp_path):
@@ -20,7 +20,7 @@ def test_record_and_load(tmp_path):
 def test_search_step_table_reads_the_shipped_benchmark_record():
     from pathlib import Path
 
-    root = Path(nt.runs.__file__).resolve().parent.parent / "data" / "runs"
+    root = Path(nt.__file__).resolve().parent.parent / "data" / "runs"
     run = next(r for r in nt.runs.load_runs("benchmarks", root=root)
                if any("layout" in row.get("raw", {}) for row in r["payload"]["rows"]))
     text = nt.runs.search_step_table(run)

@@ -11,7 +11,8 @@ from torch import nn
 
 import nas_tutorial as nt
 from nas_tutorial import spos
-from nas_tutorial.cli import main
+from nas_tutorial.run import records as runs
+from nas_tutorial.run.cli import main
 
 TINY = replace(spos.QUICK, name="tiny", stage_repeats=(1, 2, 1), stage_channels=(16, 24, 32),
                stem_channels=8, last_channels=32, image_size=8)
@@ -299,7 +300,9 @@ def test_cli_search_writes_the_run_folder_and_resumes(tmp_path, monkeypatch, cap
     assert str(tuple(best["path"])) in first
     assert (out / "pareto.html").exists() and (out / "progress.html").exists()
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("seed", "supernet_train_accuracy", "kendall_tau", "kendall_p",
+    assert summary["seed"] == 0 and summary["method"] == "spos"
+    summary = summary["results"]
+    for key in ("supernet_train_accuracy", "kendall_tau", "kendall_p",
                 "kendall_tau_no_recal", "paths_ranked", "recal_improved_fraction",
                 "evolution_best", "random_best", "evaluations"):
         assert key in summary, key
@@ -312,7 +315,7 @@ def test_cli_search_writes_the_run_folder_and_resumes(tmp_path, monkeypatch, cap
     assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
     # issue 16: only run files were written, and the run is safe from a new run into its
     # folder and from a resume that contradicts it
-    from nas_tutorial.runfolders import RUN_FILES
+    from nas_tutorial.run.folders import RUN_FILES
 
     written = {p.name for p in out.iterdir()}
     assert written <= set(RUN_FILES["spos"]), written - set(RUN_FILES["spos"])
@@ -368,20 +371,20 @@ def test_a_finished_supernet_checkpoint_keeps_weights_and_is_found_again(tmp_pat
     spos.train_supernet(net, train, cfg, "cpu", tmp_path / "supernet.pt", progress=False)
     state = torch.load(tmp_path / "supernet.pt", weights_only=False)
     assert set(state) == {"model", "history", "epoch", "config"}  # no optimizer any more
-    loaded, history, source = spos.load_supernet(cfg, train, "cpu", folders=[tmp_path],
+    loaded, history, source = runs.load_supernet(cfg, train, "cpu", folders=[tmp_path],
                                                  progress=False)
     assert source == (tmp_path / "supernet.pt").resolve() and history["epoch"] == [1, 2]
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     # other training settings never load it: the supernet is trained instead
     other = replace(cfg, seed=1)
-    assert spos.supernet_file(other, [tmp_path]) is None
-    assert spos.load_supernet(other, train, "cpu", [tmp_path], False)[2] is None
+    assert runs.supernet_file(other, [tmp_path]) is None
+    assert runs.load_supernet(other, train, "cpu", [tmp_path], False)[2] is None
     longer = replace(cfg, epochs=3)  # the same run, not finished for these settings
-    assert spos.supernet_file(longer, [tmp_path]) is None
+    assert runs.supernet_file(longer, [tmp_path]) is None
     # search settings do not decide the weights: the same supernet serves another search
     search = replace(cfg, population=7, generations=2, recal_batches=1, valid_images=10)
-    assert spos.supernet_file(search, [tmp_path]) == (tmp_path / "supernet.pt").resolve()
+    assert runs.supernet_file(search, [tmp_path]) == (tmp_path / "supernet.pt").resolve()
 
 
 @pytest.mark.fashion
@@ -399,9 +402,9 @@ def test_the_shipped_quick_supernet_is_what_search_spos_makes():
     from nas_tutorial.devices import same_machine
 
     cfg = spos.get_config("quick", seed=0)
-    f = spos.RECORDED / "spos-quick-seed0" / "supernet.pt"
-    assert spos.supernet_file(cfg, [f.parent]) == f.resolve()
-    assert spos.shown(f) == "data/runs/spos-quick-seed0/supernet.pt"
+    f = runs.RECORDED / "spos-quick-seed0" / "supernet.pt"
+    assert runs.supernet_file(cfg, [f.parent]) == f.resolve()
+    assert runs.shown(f) == "data/runs/spos-quick-seed0/supernet.pt"
     shipped = torch.load(f, weights_only=False)["history"]
     train_ds, _ = spos.load_data(cfg, "cpu")
 
@@ -422,9 +425,9 @@ def test_the_shipped_quick_supernet_is_what_search_spos_makes():
         assert seen["first_losses"] == pytest.approx(shipped["first_losses"], abs=1e-6)
     else:
         assert seen["first_losses"][:2] == pytest.approx(shipped["first_losses"][:2], abs=2e-3)
-    assert summary["seed"] == 0 and summary["supernet_epochs"] == cfg.epochs
+    assert summary["seed"] == 0 and summary["results"]["supernet_epochs"] == cfg.epochs
     # its fitness cache belongs to it and holds what the evaluator computes
-    supernet, _, source = spos.load_supernet(cfg, train_ds, "cpu", folders=[f.parent])
+    supernet, _, source = runs.load_supernet(cfg, train_ds, "cpu", folders=[f.parent])
     ev = spos.PathEvaluator(supernet, train_ds, spos.load_data(cfg, "cpu")[1], cfg.recal_batches,
                             cfg.recal_batch_size, amp=cfg.amp, seed=cfg.seed)
     assert ev.load_cache(f.parent / "fitness.json") >= 100
@@ -501,7 +504,9 @@ def test_search_threads_flag_sets_torch_threads_for_the_run(monkeypatch, capsys)
         seen["threads"], seen["sampling"] = torch.get_num_threads(), kw["sampling"]
         return {"run_dir": "x", "result": "ok", "files": {}}
 
-    monkeypatch.setattr(spos, "cli_search", fake)
+    from nas_tutorial.run import searches
+
+    monkeypatch.setattr(searches, "search_spos", fake)
     before = torch.get_num_threads()
     assert main(["search", "spos", "--threads", "2", "--sampling", "uniform"]) == 0
     assert seen == {"threads": 2, "sampling": "uniform"}

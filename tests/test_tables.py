@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from nas_tutorial import tables
-from nas_tutorial.cli import main as cli_main
-from nas_tutorial.tables import Spec, Table, TableError
+from nas_tutorial.run import tables
+from nas_tutorial.run.cli import main as cli_main
+from nas_tutorial.run.tables import Spec, Table, TableError
 
 
 def _fake_spec(calls):
@@ -289,3 +289,23 @@ def test_table_out_is_checked_before_any_training(tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and ("folder" in err or "cannot write" in err)
     assert calls == []
+
+
+def test_a_cell_is_placed_among_the_random_cells_by_their_truth():
+    """percentile_of_means judges by each row's mean over seeds (the truth), where
+    percentile places one training among single trainings."""
+    rows = [{"key": f"r{i}", "group": "random", "arch": {}, "accuracy": [a - 0.1, a + 0.1]}
+            for i, a in enumerate((0.2, 0.4, 0.6, 0.8))]
+    t = Table("pc-darts", {"seeds": [0, 1], "protocol": {}}, rows)
+    assert t.percentile_of_means(0.5) == 50.0 and t.percentile_of_means(0.6) == 62.5
+    assert t.percentile(0.5) == 50.0 and t.percentile(0.75) == 87.5  # among single trainings
+    with pytest.raises(TableError, match="no complete 'published' rows"):
+        t.percentile_of_means(0.5, "published")
+
+
+def test_a_table_knows_the_kind_of_device_that_trained_it():
+    cpu = {"cpu": "AMD EPYC", "fingerprint": "a"}
+    assert Table("pnas", {"seeds": [0], "machines": [cpu]}).device_type == "cpu"
+    assert Table("pnas", {"seeds": [0], "machines": [cpu, {"gpu": "H200"}]}).device_type == "cuda"
+    assert Table("pnas", {"seeds": [0], "device": "CPU x86_64, 1 thread"}).device_type == "cpu"
+    assert Table("pnas", {"seeds": [0], "device": "NVIDIA H200"}).device_type == "cuda"

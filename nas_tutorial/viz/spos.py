@@ -6,7 +6,8 @@ plotly and graphviz are imported inside the functions.
 """
 from __future__ import annotations
 
-from .spos import CHOICES, SupernetConfig, decode
+from ..methods.spos import CHOICES, SupernetConfig, decode
+from .shared import add_band, new_digraph
 
 # One colour per block choice (Shuffle 3x3 .. Xception), shared by every figure.
 CHOICE_COLORS = {"shuffle_3x3": "#66ccee", "shuffle_5x5": "#4477aa", "shuffle_7x7": "#aa3377",
@@ -80,8 +81,6 @@ def plot_search_progress(evolution, random=None, title="best fitness vs evaluati
 
 def draw_path(path, config: SupernetConfig, title: str | None = None):
     """The path as a chain of coloured blocks, one row per stage (``/2``: stride 2)."""
-    from .viz import new_digraph
-
     g = new_digraph("spos_path")
     g.attr(rankdir="TB", nodesep="0.15", ranksep="0.3")
     g.node("stem", f"stem {config.stem_channels}", fillcolor="#d9ead3")
@@ -142,8 +141,6 @@ def plot_search_study(study, title=None):
     """Best fitness so far against paths evaluated, evolution vs random search over several
     search seeds (:func:`~nas_tutorial.spos.search_study`): mean line, min-max band."""
     import plotly.graph_objects as go
-
-    from .viz import add_band
 
     fig = go.Figure()
     for name in ("evolution", "random"):

@@ -14,25 +14,17 @@ normalization (one beta per edge, softmax over each node's incoming edges, which
 ranks the edges at derivation), Sec. 4.2 search settings (warm-up of 15 weight-only
 epochs, batch 256, lr 0.1, arch lr 6e-4). Official ``model_search.py``.
 
-Exact rewrites of the official computation, for speed (performance.md):
-- the ``none`` op is skipped (its output is exactly zero);
-- the leading ReLU of the conv ops and of the factorized reduce is applied once per state
-  and shared by every edge and op reading it (ReLU is elementwise, so this is exact);
-- the channel shuffle and the beta weighting happen once per node, not once per edge:
-  shuffle is a fixed permutation, so sum_j b_j * shuffle(cat(mix_j, bypass_j)) =
-  shuffle(cat(sum_j b_j mix_j, sum_j b_j bypass_j)), and b_j folds into the 8 op weights;
-- a pool has no weights, so the edges leaving one state all pool alike: each state is
-  max- and avg-pooled once (5 times per cell instead of 14), and each edge applies its own
-  BN to the shared result;
-- the supernet's depthwise convs take an exact shortcut in their CPU backward
-  (``convs.fast_backward``: the input gradient as a forward conv with the kernel turned,
-  the weight gradient in NHWC or over the four parity grids of a dilated kernel), and its
-  factorized reduces are one grouped conv (``ops.FactorizedReduce.grouped``);
-- the architecture step asks autograd for the gradients of alpha/beta only, with the
-  weights frozen for its passes (so that the depthwise convs' custom backward skips their
-  weight gradients too), the weight step for the weights only; the second order step
-  reuses the network in place (the official code builds a new network every step); no host
-  sync inside an epoch.
+The supernet here is written like the official code: :class:`MixedOp` is Eq. 2 as it
+stands (every op, ``none`` included, each with its own ReLU), :class:`SearchCell` takes the
+partial channels, bypass and shuffle per edge, then sums the edges with their betas. The
+search runs the same supernet through its speed path, :mod:`nas_tutorial.fast.pc_darts`
+(``SearchNetwork(..., fast=True)``: exact rewrites of the cell, listed there, and the CPU
+memory layout per K), tested equal to this one (same state dict keys, logits and gradients).
+The search step saves work too, exactly: the architecture step asks autograd for the
+gradients of alpha/beta only, with the weights frozen for its passes (so that the depthwise
+convs' custom backward skips their weight gradients too), the weight step for the weights
+only; the second order step reuses the network in place (the official code builds a new
+network every step); no host sync inside an epoch.
 
 Deviations, all deliberate: the ``quick`` preset is a scaled-down search (16 px Fashion-MNIST, 3 nodes,
 10x arch lr) for a CPU; every epoch also evaluates the architecture half (PC-DARTS only
@@ -71,16 +63,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .config import preset_name
-from .data import DATASETS, DeviceLoader, load, split
-from .devices import full_fp32, machine, resolve_device
-from .genotypes import Genotype
-from .ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv
-from .checkpoints import save, write_json
-from .convs import fast_backward
-from .runfolders import RunFolderError, read_checkpoint
-from .training import Diverged, History, autocast, evaluate
+from .. import distributed
+from ..config import preset_name, select
+from ..data import DATASETS, DeviceLoader, load, split
+from ..devices import full_fp32, resolve_device, threads
+from ..genotypes import Genotype
+from ..ops import DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN, channel_shuffle
+from ..checkpoints import capture, restore, save, write_json
+from ..fast.pc_darts import FastSearchCell, apply_layout, uses_channels_last
+from ..checkpoints import RunFolderError, read_checkpoint
+from ..training import (Diverged, History, autocast, diverged, evaluate, nonfinite,
+                        progress_bar)
 
 
 class SearchDiverged(Diverged):
@@ -89,133 +82,78 @@ class SearchDiverged(Diverged):
 
 
 # -- the supernet ------------------------------------------------------------------------
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's shuffle (PC-DARTS Sec. 3.2): view (B, g, C/g, H, W), swap the two
-    channel axes, flatten; the g groups interleave, so the next edge's first C/K channels
-    mix processed and bypassed ones."""
-    if groups == 1:
-        return x
-    B, C, H, W = x.shape
-    return x.view(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)
-
-
-def _strip_relu(op: nn.Module) -> bool:
-    """Drop the op's leading ReLU (the cell applies it once per state); True if it had one."""
-    first = op[0][0] if isinstance(op, SepConv) else op
-    if isinstance(first, DilConv):
-        first[0] = nn.Identity()
-        return True
-    if isinstance(first, FactorizedReduce):
-        first.relu = nn.Identity()
-        return True
-    return False
-
-
 class MixedOp(nn.Module):
-    """Every candidate op on ``C`` channels (already C/K of the edge), summed with weights
-    (DARTS Eq. 2). Search ops use non-affine BN, pools get one too (official code)."""
+    """One edge's candidate ops on ``C`` channels (already C/K of the state), summed with
+    the softmax(alpha) weights: DARTS Eq. 2. Every op is there, ``none`` included, each
+    with its own leading ReLU; search ops use non-affine BN and the pools get one too
+    (official ``model_search.MixedOp``)."""
 
     def __init__(self, C: int, stride: int, primitives=DARTS_OPS):
         super().__init__()
         self._ops = nn.ModuleList()
-        self._active, self._pre_relu, self.pools = [], [], []
-        for i, name in enumerate(primitives):
-            op = fast_backward(OPS[name](C, stride, False))
-            if "pool" in name:
+        for name in primitives:
+            op = OPS[name](C, stride, False)
+            if "pool" in name:  # the convs end in a BN, a pool does not: this one puts it
+                # on their scale, so that alpha compares the ops and not their magnitudes
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
-                self.pools.append(i)
             self._ops.append(op)
-            if name != "none":  # zero output: skipping it is exact
-                self._active.append(i)
-                self._pre_relu.append(_strip_relu(op))
 
-    def pooled(self, x) -> dict:
-        """The pools' outputs before their BN, {op index: (B, C, H', W')}. A pool has no
-        weights, so every edge leaving one state with one stride pools alike: the cell
-        computes this once per state and each edge applies only its own BN (exact)."""
-        return {i: self._ops[i][0](x) for i in self.pools}
-
-    def forward(self, x, x_relu, weights, pooled=None):
-        # x, x_relu: (B, C, H, W) and its ReLU; weights: (len(primitives),);
-        # pooled: this state's pool outputs (:meth:`pooled`), or None to pool here
-        out = None
-        for i, pre in zip(self._active, self._pre_relu):
-            if pooled is not None and i in pooled:
-                y = self._ops[i][1](pooled[i])  # the edge's own BN on the shared pool
-            else:
-                y = self._ops[i](x_relu if pre else x)
-            y = weights[i] * y
-            out = y if out is None else out + y
-        return out
+    def forward(self, x, weights):
+        # x: (B, C, H, W); weights: (len(primitives),) -> (B, C, H/stride, W/stride)
+        return sum(w * op(x) for w, op in zip(weights, self._ops))
 
 
 class SearchCell(nn.Module):
-    """A DARTS cell with partial channels: node i = sum over earlier states j of
-    beta_j * MixedOp_j(first C/K channels of state j), the other channels bypassed."""
+    """A DARTS cell (DARTS Sec. 2.1) with partial channels (PC-DARTS Sec. 3.2) and edge
+    normalization (Sec. 3.3): node i = sum over earlier states j of beta_j * edge_j(state_j),
+    beta_j = 1 without edge normalization (DARTS)."""
 
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev,
                  k, primitives=DARTS_OPS):
         super().__init__()
         self.reduction, self.k, self.C = reduction, k, C
         self._steps, self._multiplier = steps, multiplier
+        # The two inputs are brought to C channels; a reduction before halved the size of
+        # s1 but not of s0, so s0 is halved here (factorized reduce).
         if reduction_prev:
-            self.preprocess0 = fast_backward(FactorizedReduce(C_prev_prev, C, affine=False))
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self._ops = nn.ModuleList()
+        self._ops = nn.ModuleList()  # one MixedOp per edge: 2, 3, 4, ... into the nodes
         for i in range(steps):
             for j in range(2 + i):
-                stride = 2 if reduction and j < 2 else 1
+                stride = 2 if reduction and j < 2 else 1  # a reduction cell halves its inputs
                 self._ops.append(MixedOp(C // k, stride, primitives))
         # The bypassed channels of a strided edge are max-pooled 2x2 (official MixedOp.mp);
         # ceil_mode keeps odd sizes aligned with the strided ops (equal for even sizes).
         self.mp = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.ops_format = None  # memory format of the mixed ops' input; None: the state's
+
+    def edge(self, e: int, x, weights):
+        """Edge ``e`` on state ``x`` (B, C, H, W), a partial channel connection (Sec. 3.2,
+        official PC-DARTS ``MixedOp.forward``): the first C/K channels go through the mixed
+        op, the rest bypass it, and a shuffle interleaves the two so that the next edge's
+        first C/K channels are not always the same ones."""
+        c = self.C // self.k
+        out = self._ops[e](x[:, :c], weights)  # (B, C/K, H', W')
+        if self.k == 1:  # DARTS: every channel goes through
+            return out
+        rest = x[:, c:]  # (B, C - C/K, H, W)
+        if out.shape[2] != x.shape[2]:  # a strided edge: the bypass must shrink as well
+            rest = self.mp(rest)
+        return channel_shuffle(torch.cat([out, rest], 1), self.k)  # (B, C, H', W')
 
     def forward(self, s0, s1, alpha_w, beta_w=None):
         # alpha_w: (E, n_ops) softmax(alpha); beta_w: (E,) per-node softmax(beta) or None
-        c = self.C // self.k
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # (B, C, H, W) each
-        parts = [self._part(s) for s in states]
-        bypass = [self._bypass(s, j) for j, s in enumerate(states)]
-        pooled = []  # per state, its pool outputs (state j's edges all have one stride)
         offset = 0
         for i in range(self._steps):
-            mixed = rest = None
-            for j in range(len(states)):
-                w = alpha_w[offset + j]
-                if beta_w is not None:
-                    w = w * beta_w[offset + j]  # fold beta into the op weights: 8 scalars
-                op = self._ops[offset + j]
-                if len(pooled) == j:  # state j's first edge: its pools serve every edge
-                    pooled.append(op.pooled(parts[j][0]))
-                m = op(parts[j][0], parts[j][1], w, pooled[j])
-                mixed = m if mixed is None else mixed + m
-                if bypass[j] is not None:
-                    r = bypass[j] if beta_w is None else beta_w[offset + j] * bypass[j]
-                    rest = r if rest is None else rest + r
+            edges = [self.edge(offset + j, h, alpha_w[offset + j]) for j, h in enumerate(states)]
+            if beta_w is not None:  # edge normalization: each edge weighted by its beta
+                edges = [beta_w[offset + j] * e for j, e in enumerate(edges)]
             offset += len(states)
-            if self.ops_format is not None:
-                mixed = mixed.contiguous(memory_format=torch.contiguous_format)
-            node = mixed if rest is None else channel_shuffle(torch.cat([mixed, rest], 1), self.k)
-            states.append(node)
-            parts.append(self._part(node))
-            bypass.append(self._bypass(node, len(states) - 1))
+            states.append(sum(edges))  # node i: (B, C, H', W')
         return torch.cat(states[-self._multiplier:], dim=1)  # (B, multiplier*C, H', W')
-
-    def _part(self, s):
-        """The first C/K channels of a state and their ReLU, in the ops' layout."""
-        p = s[:, :self.C // self.k]
-        if self.ops_format is not None:
-            p = p.contiguous(memory_format=self.ops_format)
-        return p, F.relu(p)
-
-    def _bypass(self, s, j):
-        if self.k == 1:
-            return None
-        rest = s[:, self.C // self.k:]
-        return self.mp(rest) if self.reduction and j < 2 else rest
 
 
 def node_softmax(beta: torch.Tensor, steps: int) -> torch.Tensor:
@@ -231,14 +169,17 @@ def node_softmax(beta: torch.Tensor, steps: int) -> torch.Tensor:
 class SearchNetwork(nn.Module):
     """The search supernet (official ``model_search.Network``): stem 3x3 conv to 3C + BN,
     ``layers`` search cells with reductions at layers//3 and 2*layers//3, global pooling,
-    a linear classifier. ``k=1, edge_norm=False`` is the DARTS supernet."""
+    a linear classifier. ``k=1, edge_norm=False`` is the DARTS supernet.
+
+    ``fast=True`` builds the cells of :mod:`nas_tutorial.fast.pc_darts` instead (what the
+    search runs): the same parameters under the same names, the same function."""
 
     def __init__(self, C: int, num_classes: int, layers: int, k: int = 4,
                  edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
-                 in_channels: int = 3, primitives=DARTS_OPS):
+                 in_channels: int = 3, primitives=DARTS_OPS, fast: bool = False):
         super().__init__()
         _check_shape(C, k, layers, steps, multiplier)
-        self.C, self.k, self.edge_norm = C, k, edge_norm
+        self.C, self.k, self.edge_norm, self.fast = C, k, edge_norm, fast
         self._layers, self._steps, self._multiplier = layers, steps, multiplier
         self.primitives = tuple(primitives)
         C_curr = 3 * C  # stem_multiplier = 3
@@ -251,8 +192,9 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr,
-                                         reduction, reduction_prev, k, self.primitives))
+            cell = FastSearchCell if fast else SearchCell
+            self.cells.append(cell(steps, multiplier, C_prev_prev, C_prev, C_curr,
+                                   reduction, reduction_prev, k, self.primitives))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -265,14 +207,6 @@ class SearchNetwork(nn.Module):
         if edge_norm:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(n_edges))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_edges))
-
-    def ops_to(self, memory_format) -> "SearchNetwork":
-        """Run the mixed ops in ``memory_format`` (their weights and the shared copy of each
-        state's partial channels) while the states keep theirs; see ``CPU_OPS_CHANNELS_LAST``."""
-        for cell in self.cells:
-            cell.ops_format = memory_format
-            cell._ops.to(memory_format=memory_format)
-        return self
 
     def arch_parameters(self) -> list:
         names = ["alpha_normal", "alpha_reduce"] + (["beta_normal", "beta_reduce"]
@@ -466,11 +400,7 @@ def get_config(method: str = "pc-darts", preset: str | None = None, **overrides)
     if method not in ("pc-darts", "darts"):
         raise ValueError(f"unknown method '{method}'; choose pc-darts or darts")
     name = preset if preset in LONGER else preset_name(preset)
-    base = PRESETS[name if method == "pc-darts" else f"{name}-darts"]
-    unknown = set(overrides) - {f.name for f in fields(SearchConfig)}
-    if unknown:
-        raise ValueError(f"unknown SearchConfig fields: {', '.join(sorted(unknown))}")
-    return replace(base, **overrides)
+    return select(PRESETS, name if method == "pc-darts" else f"{name}-darts", overrides)
 
 
 # -- the architecture step --------------------------------------------------------------
@@ -496,9 +426,9 @@ def _loss_fp32(model, x, y, device):
 def _frozen(params):
     """``params`` need no gradient inside the block. The architecture step wants d/d alpha
     only: torch's own kernels skip the weight gradients then anyway, but a custom autograd
-    Function (``convs.DepthwiseConv2d``) is only told what requires grad, so without this it
-    computes every depthwise weight gradient for nothing (the K=4 architecture pass, 2 CPU
-    threads: 1.32 s instead of 1.62 s). Same numbers either way."""
+    Function (``fast.convs.DepthwiseConv2d``) is only told what requires grad, so without
+    this it computes every depthwise weight gradient for nothing (the K=4 architecture pass,
+    2 CPU threads: 1.32 s instead of 1.62 s). Same numbers either way."""
     params = [p for p in params if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -650,16 +580,25 @@ def _snapshot(model: SearchNetwork) -> dict:
 CHECKPOINT = "checkpoint.pt"
 
 
-def load_checkpoint(run_dir) -> dict:
-    """The checkpoint of the run in ``run_dir``, its config as a :class:`SearchConfig`.
-    Raises FileNotFoundError without one and ``RunFolderError`` (one line naming the file)
-    for one that is truncated, empty, not a checkpoint or lacks keys."""
-    ckpt = read_checkpoint(run_dir, "pc-darts")
+def config_of(state: dict, where) -> SearchConfig:
+    """The :class:`SearchConfig` a checkpoint's ``config`` dict describes; one line naming
+    ``where`` when this version cannot use it."""
     try:
-        ckpt["config"] = SearchConfig(**ckpt["config"])
+        return SearchConfig(**state["config"])
     except (TypeError, ValueError) as e:
-        raise RunFolderError(f"{Path(run_dir) / CHECKPOINT} holds a config this version "
-                             f"cannot use ({e}); start a new run with --out") from None
+        raise RunFolderError(f"{where} holds a config this version cannot use ({e}); start "
+                             f"a new run with --out") from None
+
+
+def load_checkpoint(run_dir) -> dict:
+    """The checkpoint of the run in ``run_dir`` (or an already read one: a dict), its config
+    as a :class:`SearchConfig`. Raises FileNotFoundError without one and ``RunFolderError``
+    (one line naming the file) for one that is truncated, empty, not a checkpoint or lacks
+    keys."""
+    read = isinstance(run_dir, dict)  # read once by the caller (the CLI's checks)
+    ckpt = dict(run_dir) if read else read_checkpoint(run_dir, "pc-darts")
+    if not isinstance(ckpt["config"], SearchConfig):
+        ckpt["config"] = config_of(ckpt, "the checkpoint" if read else Path(run_dir) / CHECKPOINT)
     return ckpt
 
 
@@ -670,102 +609,38 @@ def search(config: SearchConfig | None = None, out=None, resume=None, device="au
 
     ``out``: run folder for the checkpoint (every epoch), ``history.json`` and
     ``genotype.json``; None keeps everything in memory. ``resume``: a run folder to continue
-    (its saved config is used; ``out`` defaults to it). ``callback(history)`` runs after each
+    (its saved config is used; ``out`` defaults to it), or its checkpoint already read
+    (:func:`nas_tutorial.checkpoints.read_checkpoint`; then ``out`` names the folder). ``callback(history)`` runs after each
     epoch. Raises :class:`SearchDiverged` on a NaN/Inf loss or alpha/beta.
     """
     device = resolve_device(device)
-    threads = torch.get_num_threads()
-    config = _resolve_config(config, resume, device)
-    if device.type == "cpu" and config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
-    try:
-        return _search(config, out, resume, device, progress, callback)
-    finally:
-        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(resume) if resume is not None else None  # read once
+    where = out if isinstance(resume, dict) else resume
+    config = _resolve_config(config, ckpt, device, where)
+    if ckpt is not None and out is None:
+        if isinstance(resume, dict):
+            raise ValueError("a checkpoint read beforehand needs out=, its run folder")
+        out = resume
+    # a CPU search sets its own thread count (the quick preset: one), restored after
+    with threads(config.cpu_threads if device.type == "cpu" else None):
+        return _search(config, out, ckpt, device, progress, callback)
 
 
-def _resolve_config(config, resume, device="auto"):
-    if resume is None:
+def _resolve_config(config, ckpt, device="auto", where=None):
+    if ckpt is None:
         return config or get_config(preset=preset_name(None, device))
-    saved = load_checkpoint(resume)["config"]
+    saved = ckpt["config"]
     if config is not None and config != saved:
         diff = [f.name for f in fields(SearchConfig)
                 if getattr(config, f.name) != getattr(saved, f.name)]
-        raise ValueError(f"the run in {resume} used another config (differs in "
+        raise ValueError(f"the run in {where} used another config (differs in "
                          f"{', '.join(diff)}); pass config=None to resume it")
     return saved
 
 
-# The search step's memory layout on a CPU, per K: NHWC (True) or NCHW, as the newest CPU
-# record of `make bench` measured it (benchmarks/bench_pc_darts.py: the same step in both
-# layouts, timed in alternation; data/runs/benchmarks-cpu-*.json). A test keeps this table
-# and that record in agreement. Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells,
-# 32 px), NHWC time / NCHW time: 0.60 at K=1, 0.91 at K=2, 1.05 at K=4; at K=8 the NHWC
-# child had not finished its 12 timed steps after more than 10 minutes (NCHW K=8: 2.8 s a
-# step in the main rows) and was stopped by hand (the record says "exit -15"). Partial
-# channels slice NHWC tensors along their innermost dimension, which the CPU kernels handle
-# badly once the slice is narrow. K=2 stays NCHW although NHWC was 9% faster: with partial
-# channels in NHWC, torch 2.14.1's CPU backward was unsafe - on one thread the process died
-# ("corrupted double-linked list"; at K=4 "corrupted size vs. prev_size"), on two threads two
-# searches with one seed differed from the first steps - and a seed must fix a search. The
-# crash was later traced to the conv backward of the factorized reduce's two halves (a
-# channel slice of an NHWC cat with 1-2 channels per half), which ops.FactorizedReduce no
-# longer builds; whole-network NHWC at K>1 has not been measured again since.
-# NHWC at K=1 and NCHW at every K repeat a seeded search exactly (tested).
-CPU_CHANNELS_LAST = {1: True, 2: False, 4: False, 8: False}
-CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was seen
-
-# Where the network stays NCHW (K > 1), the mixed ops may still run in NHWC: each state's
-# first C/K channels are copied once into a contiguous NHWC tensor that every edge and op
-# reading the state shares, and the ops' outputs return to NCHW once per node; no narrow
-# NHWC slice reaches a kernel. Per K, as the newest CPU record of `make bench` measured it
-# (same step, NCHW ops vs NHWC ops, in alternation); a test keeps the two in agreement.
-# Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells), NHWC ops / NCHW ops: 1.02 at
-# K=2, 1.18 at K=4, 1.26 at K=8; measured again that day on another machine, after the
-# architecture passes stopped taking weight gradients: 0.99, 1.35, 1.47 (and whole-network
-# NHWC at K=1 0.88). K=2 stays NCHW: 1% either way. Before the depthwise rewrites
-# (convs.py) NHWC ops were 10% faster on one thread, but BN over 2-8 channels is slow in
-# NHWC, and once the depthwise backward is fast in NCHW too, that is what remains: NCHW
-# everywhere.
-CPU_OPS_CHANNELS_LAST = {2: False, 4: False, 8: False}
-
-
-def uses_channels_last(config: SearchConfig, device) -> bool:
-    """NHWC for the supernet? On CUDA as configured (with bf16 autocast NHWC is the fast
-    layout of cuDNN; no GPU was lent to measure it here); on a CPU, what the benchmark
-    measured faster for this K (:data:`CPU_CHANNELS_LAST`; an unmeasured K gets NCHW)."""
-    if not config.channels_last:
-        return False
-    if torch.device(device).type == "cuda":
-        return True
-    return CPU_CHANNELS_LAST.get(config.k, False) and config.k not in CPU_NHWC_UNSAFE_K
-
-
-def ops_channels_last(config: SearchConfig, device) -> bool:
-    """NHWC for the mixed ops of a supernet that stays NCHW (:data:`CPU_OPS_CHANNELS_LAST`);
-    False where the whole network is NHWC already (K=1 on a CPU, any K on CUDA)."""
-    if not config.channels_last or uses_channels_last(config, device):
-        return False
-    return torch.device(device).type == "cpu" and CPU_OPS_CHANNELS_LAST.get(config.k, False)
-
-
-def apply_layout(model: SearchNetwork, config: SearchConfig, device) -> bool:
-    """Put ``model`` in the measured layout for this K and device (whole network NHWC, or
-    NHWC mixed ops in an NCHW network); True when the batches should be NHWC too."""
-    if uses_channels_last(config, device):
-        model.to(memory_format=torch.channels_last)
-        return True
-    if ops_channels_last(config, device):
-        model.ops_to(torch.channels_last)
-    return False
-
-
-def _search(config, out, resume, device, progress, callback) -> SearchResult:
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        out = out if out is not None else resume
-        distributed.check_world(ckpt.get("world_size"), Path(resume) / CHECKPOINT)
+def _search(config, out, ckpt, device, progress, callback) -> SearchResult:
+    if ckpt is not None:
+        distributed.check_world(ckpt.get("world_size"), Path(out) / CHECKPOINT)
     distributed.check_batch(config.batch_size)
     main = distributed.is_main()  # only rank 0 writes files and shows the bar
     run_dir = Path(out) if out is not None else None
@@ -781,8 +656,10 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                                 drop_last=True, channels_last=channels_last)
     valid_loader = DeviceLoader(valid_ds, config.batch_size, train=True, seed=config.seed + 1,
                                 drop_last=True, channels_last=channels_last)
+    # the fast cells (nas_tutorial.fast.pc_darts): the same supernet, tested equal, faster
     model = SearchNetwork(config.C, data.num_classes, config.layers, config.k, config.edge_norm,
-                          config.steps, config.multiplier, in_channels=data.shape[0]).to(device)
+                          config.steps, config.multiplier, in_channels=data.shape[0],
+                          fast=True).to(device)
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's supernet
     apply_layout(model, config, device)
     forward_model = model
@@ -794,20 +671,16 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                                                            eta_min=config.lr_min)
     architect = Architect(model, config, device, forward=forward_model)
     history, start = SearchHistory(primitives=list(model.primitives)), 0
+    # everything a resumed search needs to go on as if never stopped (the checkpoint's keys)
+    parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer,
+             "scheduler": scheduler, "train_loader": train_loader, "valid_loader": valid_loader}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        w_optimizer.load_state_dict(ckpt["w_optimizer"])
-        architect.optimizer.load_state_dict(ckpt["a_optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        train_loader.load_state_dict(ckpt["train_loader"])
-        valid_loader.load_state_dict(ckpt["valid_loader"])
+        restore(ckpt, parts)
         torch.set_rng_state(ckpt["rng"])
         history, start = SearchHistory.from_dict(ckpt["history"]), ckpt["epoch"]
 
     steps = len(train_loader) if config.steps_per_epoch is None else min(
         len(train_loader), config.steps_per_epoch)
-    from .training import progress_bar
-
     # closed on any exit, Ctrl-C included, so a notebook shows no stale bar
     with progress_bar(config.epochs * steps, config.method, progress and main,
                       initial=start * steps) as bar:
@@ -850,13 +723,11 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
                 loss_sum, correct, bad, seen = distributed.all_reduce_sum(
                     loss_sum, correct, (~finite).long(), torch.tensor(seen, device=device))
                 finite, seen = bad == 0, int(seen)
-            arch_ok = all(torch.isfinite(p).all() for p in model.arch_parameters())
-            if not bool(finite) or not arch_ok:  # the one host sync of the epoch
-                what = "loss" if not bool(finite) else "alpha/beta"
-                raise SearchDiverged(
-                    f"search diverged in epoch {epoch + 1}: NaN/Inf in the {what}; the last good "
-                    f"checkpoint (epoch {epoch}) is kept"
-                    + (f" in {run_dir}" if run_dir else "") + "; try a lower lr or arch_lr")
+            bad = nonfinite(finite, model)  # the one host sync of the epoch
+            if bad is not None:  # "weights" covers alpha and beta too
+                kept = f"epoch {epoch}, {run_dir / CHECKPOINT}" if run_dir and epoch else None
+                raise diverged("search", epoch + 1, bad, kept, "a lower lr or arch_lr",
+                               cls=SearchDiverged)
             scheduler.step()
             history.epoch.append(epoch + 1)
             history.lr.append(lr)
@@ -871,15 +742,9 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
             history.seconds.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{va:.3f}")
             if run_dir is not None and main:
-                state = {"config": asdict(config), "epoch": epoch + 1, "model": model.state_dict(),
-                         "w_optimizer": w_optimizer.state_dict(),
-                         "a_optimizer": architect.optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "train_loader": train_loader.state_dict(),
-                         "valid_loader": valid_loader.state_dict(),
-                         "rng": torch.get_rng_state(), "history": history.to_dict(),
-                         "world_size": distributed.world_size()}
-                save(state, run_dir / CHECKPOINT)
+                save(capture(parts, config=asdict(config), epoch=epoch + 1,
+                             rng=torch.get_rng_state(), history=history.to_dict(),
+                             world_size=distributed.world_size()), run_dir / CHECKPOINT)
                 write_json(run_dir / "history.json", history.to_dict())
                 write_json(run_dir / "genotype.json", snap["genotype"])
             if callback is not None:
@@ -887,174 +752,3 @@ def _search(config, out, resume, device, progress, callback) -> SearchResult:
     model.eval()
     genotype = model.genotype()
     return SearchResult(genotype, history, config, model, run_dir)
-
-
-# -- command line ------------------------------------------------------------------------
-def table_preset(config: SearchConfig, preset: str | None = None) -> str:
-    """The preset whose ``pc-darts`` table a search's cell is placed in: the data preset of
-    ``preset`` when given; for a resumed run (no preset on the command line) the preset
-    whose search data and cell shape the saved config has."""
-    if preset is not None:
-        return data_preset(preset)
-    for name, base in PRESETS.items():
-        if name in ("quick", "full") and (base.dataset, base.image_size, base.steps,
-                                          base.multiplier) == (config.dataset, config.image_size,
-                                                               config.steps, config.multiplier):
-            return name
-    return preset_name(None)
-
-
-def check_retrain(config: SearchConfig, preset: str | None, device="cpu"):
-    """The table a ``--retrain`` will place the found cell in, checked before the search
-    starts: a missing table, a table made with another protocol than the code's, or a
-    search on other data or another cell shape fails in one line, not after minutes."""
-    from . import tables
-
-    name = table_preset(config, preset)
-    table = tables.load("pc-darts", name)  # FileNotFoundError names the command to make it
-    protocol = table.header.get("protocol", {})
-    if config.dataset != protocol.get("dataset") or config.steps != protocol.get("search_steps") \
-            or config.multiplier != protocol.get("search_multiplier"):
-        raise tables.TableError(
-            f"--retrain places the cell in the {name} pc-darts table, made for "
-            f"{protocol.get('dataset')} cells of {protocol.get('search_steps')} nodes; this "
-            f"search has {config.dataset} cells of {config.steps} nodes, so its cell cannot be "
-            f"placed there (search without --retrain, or on the table's data)")
-    tables.check_protocol(table, tables.spec("pc-darts", name, device))
-    return table, name
-
-
-def retrain_sentence(summary: dict) -> str:
-    """The one line a learner reads at the end of ``search ... --retrain``."""
-    return (f"found cell: {summary['retrain_accuracy']:.3f} test accuracy after retraining, "
-            f"better than {summary['reference_percentile']:.0f}% of random cells' trainings "
-            f"(their median {summary['random_median']:.3f})")
-
-
-def summarize_run(result: SearchResult) -> dict:
-    """What ``summary.json`` holds for a search: seed, k, edge_norm, the genotype, its
-    parameter-free ops (normal and reduction cell), the skip_connects of the normal cell at
-    every epoch (the collapse monitor), the architecture half's accuracy, the whole config,
-    the search's seconds (over every session of a resumed run), torch, the machine's
-    fingerprint and date."""
-    cfg, h, g = result.config, result.history, result.genotype
-    return {"method": cfg.method, "seed": cfg.seed, "k": cfg.k, "edge_norm": cfg.edge_norm,
-            "unrolled": cfg.unrolled, "genotype": g.to_dict(),
-            "param_free_normal": param_free_count(g, "normal"),
-            "param_free_reduce": param_free_count(g, "reduce"),
-            "normal_pairs": len(g.normal),
-            "skips_per_epoch": [sum(op == "skip_connect" for op, _ in x.normal)
-                                for x in h.genotypes()],
-            "param_free_per_epoch": [param_free_count(x) for x in h.genotypes()],
-            "search_valid_acc": h.valid_acc[-1] if h.valid_acc else None,
-            "config": asdict(cfg),
-            "search_s": float(sum(h.seconds)),
-            "torch": torch.__version__,
-            "machine": machine(next(result.network.parameters()).device),
-            "created": time.strftime("%Y-%m-%d")}
-
-
-def cli_search(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=False,
-               epochs=None, dataset=None, seed=None, out=None, resume=None, retrain=False,
-               overwrite=False, device="auto") -> dict:
-    """``nas-tutorial search pc-darts|darts``: run, then write the genotype, the history,
-    ``summary.json``, the cell drawings (SVG) and the alpha/beta figures (HTML) into the
-    run folder. ``retrain=True`` then trains the found cell from scratch with the
-    ``pc-darts`` table's protocol and places it among the table's random cells
-    (``retrain_accuracy``, ``reference_percentile`` in ``summary.json``).
-
-    Everything is checked before any work: the run folder (:mod:`nas_tutorial.runfolders`;
-    ``overwrite`` replaces a run in it), with ``resume`` the checkpoint, its method and
-    every flag given (it must agree with the saved config), and with ``retrain`` the table."""
-    from . import runfolders as rf
-    from . import viz
-    from .runs import device_label
-
-    if preset is None and resume is None:  # the preset follows the device (cpu: quick)
-        preset = preset_name(None, device)
-    if resume is not None:
-        run_dir = rf.check_resume(resume, method, out, overwrite)
-        config_check = load_checkpoint(run_dir)["config"]
-        saved = asdict(config_check)
-        if saved["method"] != method:
-            raise RunFolderError(f"{run_dir} holds a {saved['method']} run, not a {method} "
-                                 f"one; resume it with `nas-tutorial search {saved['method']} "
-                                 f"--resume {run_dir}`")
-        # the fields the flags set; a preset decides every other one
-        flag_fields = {"seed", "k", "edge_norm", "unrolled", "epochs", "warmup_epochs",
-                       "dataset", "image_size"}
-        rf.check_preset(run_dir, preset, saved,
-                        {n: asdict(get_config(method, n)) for n in ("quick", "long", "full")},
-                        flag_fields)
-        rf.check_flags(run_dir, saved, [
-            ("--seed", "seed", seed), ("--k", "k", k), ("--no-edge-norm", "edge_norm", edge_norm),
-            ("--unrolled", "unrolled", True if unrolled else None), ("--epochs", "epochs", epochs),
-            ("--dataset", "dataset", dataset)])
-        config = None
-    else:
-        seed = 0 if seed is None else seed
-        overrides = {"seed": seed}
-        if k is not None:
-            overrides["k"] = k
-        if edge_norm is not None:
-            overrides["edge_norm"] = edge_norm
-        if unrolled:
-            overrides["unrolled"] = True
-        if epochs is not None:
-            overrides["epochs"] = epochs
-            overrides["warmup_epochs"] = min(get_config(method, preset).warmup_epochs,
-                                             epochs // 2)
-        if dataset is not None:
-            overrides["dataset"] = dataset
-            small = dataset == "digits" or (dataset == "fashion_mnist"
-                                            and data_preset(preset) == "quick")
-            overrides["image_size"] = 16 if small else None
-        config = config_check = get_config(method, preset, **overrides)
-        label = preset if preset in LONGER else preset_name(preset)
-        run_dir = rf.check_new(out or f"runs/{method}-{label}-seed{seed}", method, overwrite)
-    device = resolve_device(device)
-    if retrain:
-        # The table was trained on a CPU: the found cell is retrained there too, so that it
-        # is placed among trainings with the same numerics (no bf16 autocast).
-        table, table_name = check_retrain(config_check, preset)
-        retrain_device = torch.device("cpu") if "CPU" in table.header.get("device", "CPU") \
-            else device
-    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
-    if resume is None and overwrite and distributed.is_main():  # once every check has passed
-        rf.clear(run_dir)
-    result = search(config, out=run_dir, resume=resume, device=device)
-    h, g = result.history, result.genotype
-    if not distributed.is_main():  # rank 0 writes the files and retrains; the others are done
-        return {"run_dir": run_dir, "result": str(g), "files": {}, "summary": {}}
-    label = preset if preset in LONGER else (preset_name(preset) if resume is None else None)
-    summary = {**summarize_run(result), "preset": label, "device": device_label(device),
-               "processes": distributed.world_size()}
-    # The search's files first: an interrupted or refused retraining loses none of them.
-    files = {"genotype": run_dir / "genotype.json", "history": run_dir / "history.json",
-             "summary": run_dir / "summary.json"}
-    write_json(run_dir / "summary.json", summary, strict=True)
-    files["normal"] = viz.save_svg(viz.draw_cell(g, "normal"), run_dir / "normal.svg")
-    files["reduce"] = viz.save_svg(viz.draw_cell(g, "reduce"), run_dir / "reduce.svg")
-    figures = {"alpha": (viz.plot_alpha_evolution(h, "normal"), "alpha_normal.html"),
-               "alpha_r": (viz.plot_alpha_evolution(h, "reduce"), "alpha_reduce.html"),
-               "heatmap": (viz.plot_alpha_heatmap(h), "alpha_heatmap.html"),
-               "skips": (viz.plot_skip_monitor(h), "skip_monitor.html")}
-    for name_, (fig, name) in figures.items():
-        files[name_] = viz.save_html(fig, run_dir / name)
-    if retrain:
-        from . import tables
-
-        print(f"retraining the found cell with the {table_name} table's protocol "
-              f"({retrain_device.type}) ...")
-        with distributed.alone():  # rank 0 retrains by itself (the others have ended)
-            placed = tables.retrain("pc-darts", g.to_dict(), result.config.seed, table_name,
-                                    retrain_device, table=table, progress=True)
-        summary.update({"retrain_accuracy": placed["accuracy"],
-                        "reference_percentile": placed["percentile"],
-                        "random_median": placed["random_median"],
-                        "retrain_s": placed["seconds"], "retrain_device": retrain_device.type})
-        write_json(run_dir / "summary.json", summary, strict=True)
-    out = {"run_dir": run_dir, "result": str(g), "files": files, "summary": summary}
-    if retrain:
-        out["sentence"] = retrain_sentence(summary)
-    return out

@@ -15,13 +15,11 @@ do; the CLI prints it and exits with code 2.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-
-class RunFolderError(ValueError):
-    """A run folder or checkpoint that cannot be used; the message says why and what to do."""
+# the checkpoint reader lives with the atomic writers; run folders re-export it
+from ..checkpoints import CHECKPOINTS, RunFolderError, read_checkpoint  # noqa: F401
 
 
 # Every file each verb writes into its run folder (the test of each verb checks that its run
@@ -38,18 +36,6 @@ RUN_FILES = {
     "train": ("genotype.json", "history.json", "cell.svg", "curves.html"),
 }
 RUN_FILES["darts"] = RUN_FILES["pc-darts"]
-
-# The checkpoint a resumed run starts from: file, format, the keys it must hold, and the
-# method's other state files that a resume reads (JSON; each must parse).
-CHECKPOINTS = {
-    "pc-darts": ("checkpoint.pt", "torch", ("config", "epoch", "model", "w_optimizer",
-                                            "a_optimizer", "scheduler", "train_loader",
-                                            "valid_loader", "rng", "history"), ()),
-    "spos": ("supernet.pt", "torch", ("config", "epoch", "model", "history"),
-             ("fitness.json", "evolution.json", "random.json")),
-    "pnas": ("checkpoint.json", "json", ("config", "children"), ()),
-}
-CHECKPOINTS["darts"] = CHECKPOINTS["pc-darts"]
 
 _STATE_FILES = {"checkpoint.pt": "pc-darts or darts", "supernet.pt": "spos",
                 "checkpoint.json": "pnas"}
@@ -155,48 +141,6 @@ def check_resume(folder, method: str, out=None, overwrite: bool = False) -> Path
         raise RunFolderError(f"cannot write to {folder}: permission denied; a resumed run "
                              f"writes its checkpoints there")
     return folder
-
-
-def read_checkpoint(folder, method: str) -> dict:
-    """``method``'s checkpoint in ``folder``, read and checked: a readable file of the
-    method's format holding its keys; the method's other state files must parse. Raises
-    FileNotFoundError when there is none, :class:`RunFolderError` naming the file else."""
-    name, fmt, keys, extra = CHECKPOINTS[method]
-    path = Path(folder) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"no {name} in {folder}: nothing to resume")
-    if path.stat().st_size == 0:
-        raise RunFolderError(f"{path} is empty (a run killed while writing it?); start a new "
-                             f"run with --out")
-    try:
-        if fmt == "torch":
-            import torch
-
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            state = json.loads(path.read_text())
-    except Exception as e:  # torch.load raises many kinds (zip, pickle, EOF, ...) on bad input
-        raise RunFolderError(f"cannot read {path}: not a complete {method} checkpoint "
-                             f"({type(e).__name__}); it may be truncated or another file; "
-                             f"start a new run with --out") from None
-    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
-    if missing:
-        raise RunFolderError(f"{path} is not a {method} checkpoint: it lacks "
-                             f"{', '.join(missing)}; start a new run with --out")
-    if not isinstance(state["config"], dict):
-        raise RunFolderError(f"{path} is not a {method} checkpoint: its config is not a "
-                             f"mapping; start a new run with --out")
-    for other in extra:
-        p = Path(folder) / other
-        if p.exists():
-            try:
-                ok = isinstance(json.loads(p.read_text()), dict)
-            except (OSError, UnicodeDecodeError, ValueError):
-                ok = False
-            if not ok:
-                raise RunFolderError(f"cannot read {p}: not a JSON object (truncated?); "
-                                     f"delete it to recompute it, or start a new run with --out")
-    return state
 
 
 def check_flags(folder, saved: dict, given) -> None:

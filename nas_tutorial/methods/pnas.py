@@ -3,11 +3,9 @@
 Liu et al., "Progressive Neural Architecture Search", ECCV 2018 (arXiv 1712.00559); the
 section numbers are the arXiv version's as we recall them (check):
 
-- Sec. 3.1, the cell space: a cell has B blocks; a block picks two inputs (the two previous
-  cells' outputs or earlier blocks) and two ops from ``PNAS_OPS`` and adds the results; the
-  output concatenates all blocks; one cell serves as normal and reduction cell. Cells are
-  plain tuples of ``(op, input)`` pairs, two per block, so ``Genotype.from_cell(cell)``,
-  the evaluation network, the drawings and JSON come from the foundation.
+- Sec. 3.1, the cell space (:mod:`nas_tutorial.pnas_space`, re-exported here): cells of B
+  blocks, each block two (input, op) pairs added; one cell serves as normal and reduction
+  cell; one canonical form per cell, so every trained child counts once.
 - Sec. 4.1, Algorithm 1 (SMBO): train all one-block cells; for b = 2..B expand every kept
   cell by one block, rank all children with the surrogate, train the top K, refit the
   surrogate on everything trained so far.
@@ -21,15 +19,7 @@ section numbers are the arXiv version's as we recall them (check):
   unseen cells (here: every tabulated b-block cell); and the efficiency comparison with
   random search at the same number of trained models, best B-block cell so far, in
   miniature. ``oracle="table"`` reads children from the ground-truth table
-  (``nas_tutorial.tables``) so the search runs at this shape over five seeds in seconds.
-
-Canonical form (what "the same cell" means here): inside a block the two (input, op) pairs
-are unordered, so the pair with the smaller ``(input, op)`` comes first; blocks are put in
-a topological order that takes, among the blocks whose inputs are placed, the one with the
-smallest structural signature (the block's pairs with earlier blocks spelled out
-recursively), and inputs are renumbered. Two cells that differ only in block order thus get
-one key; the only merge this misses is when two blocks are structurally identical (then
-two equivalent forms may remain, never a wrong merge).
+  (:mod:`nas_tutorial.groundtruth`) so the search runs at this shape over five seeds in seconds.
 
 Left out: the paper's child training details we could not read (20 epochs, N=2, F=24 are
 used for ``full``; optimizer settings are ours), the 1,160-model budget (set by B and K),
@@ -45,13 +35,10 @@ children per process): every other step is seeded, so the replay takes the same 
 """
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import time
 import warnings
 import zlib
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -61,17 +48,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .config import TrainConfig, preset_name
-from .runfolders import read_checkpoint
-from .data import holdout, load, resolve_device, split
-from .genotypes import Genotype
-from .network import NetworkCIFAR
-from .ops import OPS, PNAS_OPS
-from .checkpoints import finite, write_json
-from .training import Diverged, diverged, evaluate, run_threads, train
+from .. import distributed
+from .. import groundtruth
+from ..config import TrainConfig, preset_name, select
+from ..data import holdout, load, split
+from ..devices import resolve_device, threads
+from ..genotypes import Genotype
+from ..network import NetworkCIFAR
+from ..ops import OPS, PNAS_OPS
+from ..checkpoints import finite, read_checkpoint, write_json
+from .pnas_space import (MAX_BLOCKS, canonical, cell_key, expand, expand_all,  # noqa: F401
+                         one_block_cells, random_cells, space_size)  # pnas.*, as before
+from ..training import Diverged, diverged, evaluate, progress_bar, run_threads, train
 
-MAX_BLOCKS = 5                   # B of the paper's space (Sec. 3.1); sizes the input vocabulary
 PREDICTORS = ("lstm", "mlp-ensemble")
 ORACLES = ("train", "table")
 # Settings of the search itself: everything else fixes how a child is trained and scored,
@@ -176,113 +165,7 @@ PNAS_PRESETS = {
 
 def get_config(preset: str | None = None, **overrides) -> PNASConfig:
     """The preset's config (``nt.get_preset`` picks the name) with non-None overrides."""
-    config = PNAS_PRESETS[preset_name(preset)]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(overrides) - set(PNASConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown PNAS setting(s): {', '.join(sorted(unknown))}")
-    return replace(config, **overrides)
-
-
-# -- the cell space (Sec. 3.1) -------------------------------------------------------------
-def _blocks_of(cell) -> list:
-    return [tuple(cell[2 * i:2 * i + 2]) for i in range(len(cell) // 2)]
-
-
-def canonical(cell) -> tuple:
-    """The canonical form of a cell (flat ``(op, input)`` pairs); see the module docstring."""
-    blocks = [tuple((str(op), int(i)) for op, i in b) for b in _blocks_of(cell)]
-    sigs = []
-    for block in blocks:  # inputs only point back, so earlier signatures exist
-        parts = sorted(f"{op}({sigs[i - 2] if i >= 2 else i})" for op, i in block)
-        sigs.append("+".join(parts))
-    order, placed = [], set()
-    while len(order) < len(blocks):
-        ready = [j for j in range(len(blocks)) if j not in placed
-                 and all(i < 2 or i - 2 in placed for _, i in blocks[j])]
-        j = min(ready, key=lambda j: (sigs[j], j))
-        order.append(j)
-        placed.add(j)
-    new_index = {old: 2 + k for k, old in enumerate(order)}
-    out = []
-    for j in order:
-        pairs = [(op, i if i < 2 else new_index[i - 2]) for op, i in blocks[j]]
-        out.extend(sorted(pairs, key=lambda p: (p[1], p[0])))
-    return tuple(out)
-
-
-def cell_key(cell) -> str:
-    """A short string naming a canonical cell: ``op:in+op:in | ...`` per block."""
-    return " | ".join(f"{a[0]}:{a[1]}+{b[0]}:{b[1]}" for a, b in _blocks_of(cell))
-
-
-def _new_blocks(ops, n_inputs) -> list:
-    """All blocks over ``n_inputs`` inputs: unordered pairs of (op, input), repeats allowed."""
-    options = [(op, i) for i in range(n_inputs) for op in ops]
-    return list(itertools.combinations_with_replacement(options, 2))
-
-
-def one_block_cells(ops=PNAS_OPS) -> list:
-    """All one-block cells: C(2|O|, 2) + 2|O| of them (136 for the 8 PNAS ops)."""
-    return _dedupe(canonical(block) for block in _new_blocks(ops, 2))
-
-
-def expand(cell, ops=PNAS_OPS) -> list:
-    """All cells with one more block than ``cell``, canonical and without duplicates."""
-    b = len(cell) // 2
-    return _dedupe(canonical(tuple(cell) + block) for block in _new_blocks(ops, b + 2))
-
-
-def expand_all(cells, ops=PNAS_OPS) -> list:
-    """The children of every cell in ``cells``; a child reachable from two parents once."""
-    return _dedupe(child for cell in cells for child in expand(cell, ops))
-
-
-def _dedupe(cells) -> list:
-    seen, out = set(), []
-    for c in cells:
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
-
-
-def space_size(b: int, n_ops: int = len(PNAS_OPS)) -> int:
-    """Cells with ``b`` blocks counted as sequences of unordered blocks (before removing
-    block-order duplicates): the product over blocks of C(n, 2) + n, n = (2 + i)|O|."""
-    total = 1
-    for i in range(b):
-        n = (2 + i) * n_ops
-        total *= n * (n + 1) // 2
-    return total
-
-
-def random_cells(n: int, blocks: int, ops=PNAS_OPS, seed: int = 0) -> list:
-    """``n`` distinct random cells of ``blocks`` blocks, each block drawn uniformly."""
-    rng = np.random.default_rng(seed)
-    pools = [_new_blocks(ops, 2 + i) for i in range(blocks)]
-    limit = min(n, space_size(blocks, len(ops)))
-    out, seen = [], set()
-    for _ in range(100 * max(n, 1)):
-        if len(out) == limit:
-            break
-        cell = canonical(sum((pool[rng.integers(len(pool))] for pool in pools), ()))
-        if cell not in seen:
-            seen.add(cell)
-            out.append(cell)
-    return out
-
-
-@contextmanager
-def _cpu_threads(n: int):
-    """PyTorch intra-op threads for this thread, restored afterwards. Tiny models only pay
-    synchronisation for more threads (badly so on a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    return select(PNAS_PRESETS, preset_name(preset), overrides)
 
 
 # -- surrogates (Sec. 4.2) -----------------------------------------------------------------
@@ -384,7 +267,7 @@ class Surrogate:
                    config.fit_steps, config.fit_lr, seed)
 
     def fit(self, cells, accuracies) -> "Surrogate":
-        with _cpu_threads(1 if len(cells) < 512 else torch.get_num_threads()):
+        with threads(1 if len(cells) < 512 else torch.get_num_threads()):
             return self._fit(cells, accuracies)
 
     def _fit(self, cells, accuracies) -> "Surrogate":
@@ -470,7 +353,7 @@ class ChildTrainer:
 
     def _train_one(self, model, seed, slot, cell) -> float:
         cfg = replace(self.config.train, seed=seed)
-        stream = torch.cuda.stream(self._streams[slot]) if self._streams else _cpu_threads(1)
+        stream = torch.cuda.stream(self._streams[slot]) if self._streams else threads(1)
         with stream:
             try:
                 train(model, self.train_set, cfg, device=self.device, progress=False)
@@ -499,20 +382,19 @@ class TableMissing(ValueError):
     """No ground-truth table holds children trained the way this search trains them."""
 
 
+NO_TABLE = ("no pnas ground-truth table matches these child-training settings (the shipped "
+            "one is the quick preset's); use oracle='train', or make one with "
+            "`nas-tutorial table pnas`")
+
+
 def find_table(config: PNASConfig, table=None):
     """The shipped pnas table whose protocol is this config's :func:`child_protocol` (or
     ``table``, checked the same way); :class:`TableMissing` when there is none."""
-    from . import tables
-
-    want = json.loads(json.dumps(child_protocol(config)))
-    candidates = [table] if table is not None else [
-        tables.load("pnas", path=p) for p in sorted(tables.SHIPPED.glob("pnas-*.json"))]
-    for t in candidates:
-        if t.header.get("protocol") == want:
-            return t
-    raise TableMissing("no pnas ground-truth table matches these child-training settings (the "
-                       "shipped one is the quick preset's); use oracle='train', or make one "
-                       "with `nas-tutorial table pnas`")
+    found = groundtruth.find("pnas", child_protocol(config),
+                             [table] if table is not None else None)
+    if found is None:
+        raise TableMissing(NO_TABLE)
+    return found
 
 
 class TableOracle:
@@ -577,6 +459,7 @@ class SearchResult:
     trained: int = 0
     seconds: float = 0.0
     table_seed: int | None = None
+    truth: dict = field(default_factory=dict)  # key -> mean over the table's seeds
 
     def records(self, source: str = "pnas") -> list:
         return [r for r in self.evaluated if r["source"] == source]
@@ -611,9 +494,9 @@ class SearchResult:
         return out
 
     def to_dict(self) -> dict:
-        return {"config": _config_dict(self.config), "evaluated": self.evaluated,
+        return {"config": config_dict(self.config), "evaluated": self.evaluated,
                 "levels": self.levels, "trained": self.trained, "seconds": self.seconds,
-                "table_seed": self.table_seed}
+                "table_seed": self.table_seed, "truth": self.truth}
 
     def __repr__(self) -> str:
         if not self.evaluated:
@@ -626,7 +509,7 @@ class SearchResult:
                 f"{b['accuracy']:.3f} [{b['key']}], {kind} Spearman {rho or 'n/a'})")
 
 
-def _config_dict(config: PNASConfig) -> dict:
+def config_dict(config: PNASConfig) -> dict:
     d = asdict(config)
     d["ops"] = list(config.ops)
     return d
@@ -635,17 +518,20 @@ def _config_dict(config: PNASConfig) -> dict:
 def child_protocol(config: PNASConfig) -> dict:
     """The settings that fix a child's accuracy (ops, data, network, training): what a
     ground-truth table must share with a search to stand in for training its children."""
-    return {k: v for k, v in _config_dict(config).items() if k not in SEARCH_SETTINGS}
+    return {k: v for k, v in config_dict(config).items() if k not in SEARCH_SETTINGS}
 
 
 
-def _load_checkpoint(run_dir: Path, config: PNASConfig) -> dict:
-    path = run_dir / "checkpoint.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no PNAS checkpoint in {run_dir} (expected {path.name})")
-    state = read_checkpoint(run_dir, "pnas")  # readable, with its keys, else one line
-    state["config"].setdefault("oracle", "train")  # checkpoints from before the oracle
-    if state["config"] != _config_dict(config):
+def _load_checkpoint(run_dir: Path, config: PNASConfig, state: dict | None = None) -> dict:
+    """The trained children of the checkpoint in ``run_dir`` (``state``: that checkpoint,
+    already read), refused when it was made with other settings."""
+    if state is None:
+        if not (run_dir / "checkpoint.json").exists():
+            raise FileNotFoundError(f"no PNAS checkpoint in {run_dir} (expected "
+                                    f"checkpoint.json)")
+        state = read_checkpoint(run_dir, "pnas")  # readable, with its keys, else one line
+    saved = {"oracle": "train", **state["config"]}  # checkpoints from before the oracle
+    if saved != config_dict(config):
         raise ValueError(f"{run_dir} was made with other settings; resume it with the same "
                          f"preset and flags, or start a new run folder")
     return {k: float(v) for k, v in state["children"].items()}
@@ -666,22 +552,19 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
     reloads it and replays the search, whose every other step (surrogate fits, ranking) is
     seeded, so it reaches the same result.
     """
-    from .training import progress_bar
-
     config = config or get_config(preset_name(None, device))
-    if resume and run_dir is None:
+    if resume not in (False, None) and run_dir is None:
         raise ValueError("resume needs the run folder (run_dir) to resume from")
     oracle = TableOracle(config, table) if config.oracle == "table" else None
-    from .tables import TableError
-
     try:  # the table that scores the predictors on random cells, when one matches
         reference = oracle or TableOracle(config, table)
-    except (TableMissing, TableError, FileNotFoundError):
+    except (TableMissing, groundtruth.TableError, FileNotFoundError):
         reference = None  # no usable table: only the picked children are scored
     cache = {} if cache is None else cache
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None and resume:
-        cache.update(_load_checkpoint(run_dir, config))
+    if run_dir is not None and resume is not False and resume is not None:
+        cache.update(_load_checkpoint(run_dir, config,
+                                      resume if isinstance(resume, dict) else None))
     train_fn = oracle or train_fn or ChildTrainer(config, device)  # loads the data
     main = distributed.is_main()  # only rank 0 writes the checkpoint and shows the bar
     if run_dir is not None and main:  # once the data is there: a refused dataset leaves no folder
@@ -713,7 +596,7 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
             result.trained += len(chunk)
             if run_dir is not None and main:
                 write_json(run_dir / "checkpoint.json",
-                           {"config": _config_dict(config), "children": cache})
+                           {"config": config_dict(config), "children": cache})
             bar.update(len(chunk))
         bar.update(len(cells) - len(todo))
         for k, c in enumerate(cells):
@@ -777,17 +660,23 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
         bar.set_postfix_str("")
     finally:
         bar.close()
+    if reference is not None:  # judged by a truth the search did not see: the seed mean
+        result.truth = {r["key"]: reference.mean(r["cell"]) for r in result.evaluated
+                        if tuple(tuple(p) for p in r["cell"]) in reference}
     result.seconds = time.perf_counter() - t0
     return result
 
 
 def summary(result: SearchResult) -> dict:
     """A search's headline numbers (``summary.json`` of ``search pnas``): the best B-block
-    cell of PNAS and of random search with the same number of models and oracle, and each
-    predictor's Spearman per level b >= 2 on random unseen cells and on the selected ones."""
+    cell of PNAS and of random search with the same number of models and oracle, what each
+    is worth in truth (``best_truth``, ``random_best_truth``: the table's mean over seeds,
+    where the table holds the cell), and each predictor's Spearman per level b >= 2 on
+    random unseen cells and on the selected ones."""
     cfg = result.config
     pnas_b = [r["accuracy"] for r in result.records("pnas") if r["blocks"] == cfg.blocks]
     rand_b = [r["accuracy"] for r in result.records("random")]
+    rand_best = max(result.records("random"), key=lambda r: r["accuracy"], default=None)
     rho = {}
     for part in ("random", "selected"):
         for kind, per_level in result.spearman(part).items():
@@ -800,6 +689,9 @@ def summary(result: SearchResult) -> dict:
             "best_cell": result.best["key"] if pnas_b else None,
             "random_models": len(rand_b),
             "random_best_accuracy": max(rand_b) if rand_b else None,
+            # what each picked, judged by the table's mean over seeds (None off the table)
+            "best_truth": result.truth.get(result.best["key"]) if pnas_b else None,
+            "random_best_truth": result.truth.get(rand_best["key"]) if rand_best else None,
             "spearman": rho, "seconds": round(result.seconds, 2)}
 
 
@@ -807,8 +699,6 @@ def study(config: PNASConfig | None = None, seeds=range(5), table=None,
           progress: bool = True) -> list:
     """One search per seed through the table oracle (seconds each): what the notebook's
     bands are made of. Returns the :class:`SearchResult` of each seed, in order."""
-    from .training import progress_bar
-
     config = replace(config or get_config(), oracle="table")
     seeds = list(seeds)
     bar = progress_bar(len(seeds), "PNAS searches (table)", progress)
@@ -818,82 +708,3 @@ def study(config: PNASConfig | None = None, seeds=range(5), table=None,
         bar.update(1)
     bar.close()
     return results
-
-
-# -- the command line ----------------------------------------------------------------------
-def config_from_dict(d: dict) -> PNASConfig:
-    """A :class:`PNASConfig` from the dict a checkpoint saves (``_config_dict``)."""
-    d = {"oracle": "train", **d}  # checkpoints from before the oracle
-    return PNASConfig(**{**d, "ops": tuple(d["ops"]), "train": TrainConfig(**d["train"])})
-
-
-# The fields the flags of ``search pnas`` set; the preset decides every other one.
-CLI_FIELDS = ("blocks", "beam", "predictor", "seed", "oracle")
-
-
-def cli_search(preset=None, blocks=None, beam=None, predictor=None, seed=None, out=None,
-               resume=None, oracle=None, overwrite=False, device="auto") -> dict:
-    """``nas-tutorial search pnas``: run, then write the best cell, all evaluated cells,
-    ``summary.json`` and the figures into the run folder.
-
-    Before any work: the run folder is checked (:mod:`nas_tutorial.runfolders`;
-    ``overwrite`` replaces a run in it); ``resume`` continues a run with its saved settings,
-    and every flag given must agree with them."""
-    from . import pnas_viz
-    from . import runfolders as rf
-    from .viz import draw_genotype, save_html, save_svg
-
-    if preset is None and resume is None:  # the preset follows the device (cpu: quick)
-        preset = preset_name(None, device)
-    if resume is not None:
-        run_dir = rf.check_resume(resume, "pnas", out, overwrite)
-        saved = rf.read_checkpoint(run_dir, "pnas")["config"]
-        try:
-            config = config_from_dict(saved)
-        except (TypeError, ValueError, KeyError) as e:
-            raise rf.RunFolderError(f"{run_dir / 'checkpoint.json'} holds settings this "
-                                    f"version cannot use ({e}); start a new run with "
-                                    f"--out") from None
-        saved = _config_dict(config)
-        rf.check_preset(run_dir, preset, saved,
-                        {n: _config_dict(PNAS_PRESETS[n]) for n in ("quick", "full")},
-                        CLI_FIELDS)
-        rf.check_flags(run_dir, saved, [
-            ("--blocks", "blocks", blocks), ("--beam", "beam", beam),
-            ("--predictor", "predictor", predictor), ("--seed", "seed", seed),
-            ("--oracle", "oracle", oracle)])
-    else:
-        config = get_config(preset, blocks=blocks, beam=beam, predictor=predictor, seed=seed,
-                            oracle=oracle)
-    if config.oracle == "table":
-        find_table(config)  # refuse at once, before a run folder exists
-    if resume is None:
-        suffix = "-table" if config.oracle == "table" else ""
-        run_dir = rf.check_new(out or f"runs/pnas-{preset_name(preset)}{suffix}-seed{config.seed}",
-                               "pnas", overwrite)
-    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
-    if resume is None and overwrite and distributed.is_main():
-        rf.clear(run_dir)
-    result = search(config, run_dir=run_dir, resume=resume is not None, device=device)
-    best = result.best
-    if not distributed.is_main():  # rank 0 writes the files
-        return {"run_dir": run_dir, "result": best["key"], "files": {}}
-    write_json(run_dir / "best_cell.json", result.best_genotype.to_dict())  # atomic
-    write_json(run_dir / "cells.json", result.to_dict())
-    write_json(run_dir / "summary.json", summary(result))
-    files = {
-        "best": run_dir / "best_cell.json",
-        "cells": run_dir / "cells.json",
-        "summary": run_dir / "summary.json",
-        "scatter": save_html(pnas_viz.plot_predictions(result), run_dir / "predictions.html"),
-        "curve": save_html(pnas_viz.plot_efficiency(result), run_dir / "pnas_vs_random.html"),
-        "beams": save_svg(pnas_viz.draw_beams(result), run_dir / "beams.svg"),
-        "drawing": save_svg(draw_genotype(result.best_genotype, title="best cell"),
-                            run_dir / "best_cell.svg"),
-    }
-    s = summary(result)
-    rand = s["random_best_accuracy"]
-    versus = f"; random search, same {s['models_trained']} models: {rand:.4f}" if rand else ""
-    return {"run_dir": run_dir,
-            "result": f"{best['key']} (validation accuracy {best['accuracy']:.4f}{versus})",
-            "files": files}

@@ -27,15 +27,18 @@ settings, CUDA, no gradient) runs torch's own kernels; ``benchmarks/bench_pc_dar
 measures the search step they buy. Parameters and state dicts are those of ``nn.Conv2d``.
 
 The sums are the same but not in the same order, so the last bits differ from torch's
-kernels: the search supernet takes these paths (:func:`fast_backward`, called by
-``pc_darts.MixedOp``), the evaluation networks, whose trainings the ground-truth tables
-recorded, keep torch's kernels.
+kernels: the search supernet takes these paths (:func:`fast_backward`, called by the fast
+cell of :mod:`nas_tutorial.fast.pc_darts`); the plain supernet of :mod:`nas_tutorial.pc_darts`
+and the evaluation networks, whose trainings the ground-truth tables recorded, keep torch's
+kernels.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops import FactorizedReduce
 
 _conv_backward = torch.ops.aten.convolution_backward
 
@@ -63,8 +66,6 @@ def fast_backward(module: nn.Module) -> nn.Module:
     """Give every depthwise conv in ``module`` the backward of :class:`DepthwiseConv2d`
     (same parameters, nothing re-initialized) and every factorized reduce its one-conv form;
     returns ``module``."""
-    from .ops import FactorizedReduce
-
     for m in module.modules():
         if (type(m) is nn.Conv2d and m.groups > 1 and m.groups == m.in_channels
                 == m.out_channels and m.bias is None):

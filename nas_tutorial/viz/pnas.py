@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .viz import add_band
+from .shared import add_band, add_cell, new_digraph
 
 
 def _fmt(rho: float) -> str:
@@ -194,8 +194,6 @@ def plot_seed_noise(table):
 def draw_beams(result, max_cells: int = 8):
     """The best cells kept at each level as small drawings: one row per level (b = 1 on
     top), cells side by side, inputs at the top of each cell (graphviz)."""
-    from .viz import add_cell, new_digraph
-
     g = new_digraph("beams")
     g.attr(rankdir="TB", nodesep="0.1", ranksep="0.25")
     g.attr("node", fontsize="9", height="0.2")

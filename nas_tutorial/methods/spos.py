@@ -1,19 +1,15 @@
 """SPOS: Single Path One-Shot NAS with uniform sampling.
 
 Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampling",
-ECCV 2020, and the official code (megvii-model/SinglePathOneShot). What is here:
+ECCV 2020, and the official code (megvii-model/SinglePathOneShot). The space (Sec. 3.1,
+3.3, 4: the ShuffleNetV2 supernet, paths, channel scales, the FLOPs table) is
+:mod:`nas_tutorial.spos_space`, re-exported here. What is here:
 
-- Sec. 3.1/4, Fig. 2: a ShuffleNetV2 supernet of choice layers, four blocks per layer
-  (Shuffle 3x3, 5x5, 7x7 and Xception); a path is a tuple of choice indices passed to
-  ``forward(x, path)``. ``IMAGENET`` is the paper's net, ``CIFAR`` the same with a stride-1
-  stem at 32x32, ``QUICK`` a narrow one for 16x16 grey images (Fashion-MNIST, digits).
 - Sec. 3.2, Eq. (7)/(8): supernet training with a uniformly sampled single path per step;
   by default, as the official ``train.py`` always does, the path is drawn inside the FLOPs
   window around the budget (Sec. 4: one of 7 bins uniformly, then rejection sampling inside
   it, give up after 500 tries); ``sampling="uniform"`` draws from the whole space. Only
   the path's weights move.
-- Sec. 3.3: channel-number search (mid channels scaled 0.2..2.0, sliced from one weight
-  tensor), off by default as in the official code.
 - Sec. 3.4, Alg. 1: BN recalibration, then evolutionary search under FLOPs/params
   budgets; a random search with the same number of evaluations (Sec. 4, Fig. 5).
 - Ranking quality: Kendall tau between inherited and stand-alone accuracy, with and
@@ -28,368 +24,34 @@ evolution, random search) runs on rank 0 alone.
 
 Left out: mixed-precision quantization search (Sec. 3.3); spreading the evolution's
 fitness evaluations over processes. BN recalibration averages batch statistics exactly
-instead of the official momentum 0.1.
-Figures live in :mod:`nas_tutorial.spos_viz`.
+instead of the official momentum 0.1. Figures live in :mod:`nas_tutorial.viz.spos`.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .data import DeviceLoader, holdout, load, split
-from .devices import machine, resolve_device
-from .checkpoints import save, write_json
-from .training import autocast, diverged, nonfinite, progress_bar
-
-CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception")  # index = choice
-PUBLISHED_PATH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)  # Table 3
-CHANNEL_SCALES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)  # Sec. 3.3
-
-
-@dataclass(frozen=True)
-class SupernetConfig:
-    """The shape of a ShuffleNetV2 supernet (paper Sec. 4, Table 1)."""
-
-    name: str
-    stage_repeats: tuple = (4, 4, 8, 4)      # choice layers per stage (20 in all)
-    stage_channels: tuple = (64, 160, 320, 640)  # block output channels per stage
-    stem_channels: int = 16                  # 3x3 stem conv
-    stem_stride: int = 2                     # 2 at 224x224 (ImageNet), 1 for small images
-    last_channels: int = 1024                # 1x1 conv before global pooling
-    in_channels: int = 3                     # image channels
-    image_size: int = 224                    # input side in pixels (FLOPs depend on it)
-    num_classes: int = 1000
-    dropout: float = 0.1                     # before the bias-free classifier (official)
-    channel_scales: tuple = (1.0,)           # mid-channel scales; CHANNEL_SCALES = Sec. 3.3
-    flops_bins: tuple | None = None          # bin edges in MFLOPs; None = 7 equal bins
-
-    @property
-    def num_layers(self) -> int:
-        return sum(self.stage_repeats)
-
-    @property
-    def num_choices(self) -> int:
-        """Per layer: 4 blocks, times the channel scales when channel search is on."""
-        return len(CHOICES) * len(self.channel_scales)
-
-
-IMAGENET = SupernetConfig(
-    "imagenet", flops_bins=(290, 300, 310, 320, 330, 340, 350, 360))  # Sec. 4 bins
-CIFAR = replace(IMAGENET, name="cifar", stem_stride=1, image_size=32, num_classes=10,
-                flops_bins=None)
-QUICK = SupernetConfig("quick", stage_repeats=(2, 2, 2), stage_channels=(32, 64, 128),
-                       stem_channels=16, stem_stride=1, last_channels=256, in_channels=1,
-                       image_size=16, num_classes=10)
-
-
-class PathError(ValueError):
-    """A path that does not fit the supernet, or a budget no path can meet."""
-
-
-def check_path(path, config: SupernetConfig) -> tuple:
-    """``path`` as a tuple of ints; raises :class:`PathError` when it does not fit."""
-    path = tuple(int(c) for c in path)
-    if len(path) != config.num_layers or not all(0 <= c < config.num_choices for c in path):
-        raise PathError(f"a path needs {config.num_layers} choices in 0..{config.num_choices - 1}"
-                        f", got {path}")
-    return path
-
-
-def decode(choice: int, config: SupernetConfig) -> tuple:
-    """Choice index -> (block index into CHOICES, mid-channel scale)."""
-    n = len(config.channel_scales)
-    return choice // n, config.channel_scales[choice % n]
-
-
-# -- the blocks and the network (official ``blocks.py`` / ``network.py``) -----------------
-def _bn_slice(bn: nn.BatchNorm2d, x):
-    """BN over the first ``x.shape[1]`` channels of a wider BN (channel search)."""
-    n = x.shape[1]
-    w = bn.weight[:n] if bn.affine else None
-    b = bn.bias[:n] if bn.affine else None
-    return F.batch_norm(x, bn.running_mean[:n], bn.running_var[:n], w, b, bn.training,
-                        bn.momentum if bn.momentum is not None else 0.1, bn.eps)
-
-
-class ChoiceBlock(nn.Module):
-    """A ShuffleNetV2 unit with a kxk depthwise conv, or its Xception variant (3 x dw3x3).
-
-    At stride 1 the input is split in half (channel shuffle): one half passes, the other
-    goes through the main branch; at stride 2 a projection branch (dw kxk, 1x1) replaces
-    the split. ``inp`` is what the main branch sees, ``mid`` its hidden width (output/2
-    at scale 1.0); ``mid`` of the forward slices a wider block (channel search).
-    """
-
-    def __init__(self, inp, oup, mid, stride, kernel, xception=False, affine=True):
-        super().__init__()
-        self.stride, self.mid = stride, mid
-        out = oup - inp
-        if out <= 0 or inp % 2:
-            raise ValueError(f"a block needs more output ({oup}) than input ({inp}) channels "
-                             "and even channel counts")
-
-        def conv(ci, co, k, s=1, dw=False, slim=False):
-            c = nn.Conv2d(ci, co, k, s, k // 2, groups=ci if dw else 1, bias=False)
-            c.slim = slim and not dw  # its output is `mid` wide: sliced in channel search
-            return c
-
-        def bn(c):
-            return nn.BatchNorm2d(c, affine=affine)
-
-        relu = nn.ReLU(inplace=True)
-        if xception:  # Fig. 2(c), ``Shuffle_Xception``: dw-pw-dw-pw-dw-pw
-            main = [conv(inp, inp, 3, stride, dw=True), bn(inp), conv(inp, mid, 1, slim=True),
-                    bn(mid), relu, conv(mid, mid, 3, dw=True), bn(mid),
-                    conv(mid, mid, 1, slim=True), bn(mid), relu, conv(mid, mid, 3, dw=True),
-                    bn(mid), conv(mid, out, 1), bn(out), relu]
-        else:  # Fig. 2(a,b), ``Shufflenet``: pw-dw(k)-pw
-            main = [conv(inp, mid, 1, slim=True), bn(mid), relu,
-                    conv(mid, mid, kernel, stride, dw=True), bn(mid), conv(mid, out, 1), bn(out),
-                    relu]
-        self.main = nn.Sequential(*main)
-        self.proj = None
-        if stride == 2:
-            k = 3 if xception else kernel
-            self.proj = nn.Sequential(conv(inp, inp, k, stride, dw=True), bn(inp),
-                                      conv(inp, inp, 1), bn(inp), relu)
-
-    def _sliced_main(self, x, mid):
-        for m in self.main:
-            if isinstance(m, nn.Conv2d):
-                cin, w = x.shape[1], m.weight
-                w, groups = (w[:cin], cin) if m.groups > 1 else (w[:, :cin], 1)
-                w = w[:mid] if m.slim else w
-                x = F.conv2d(x, w, None, m.stride, m.padding, 1, groups)
-            elif isinstance(m, nn.BatchNorm2d) and x.shape[1] != m.num_features:
-                x = _bn_slice(m, x)
-            else:
-                x = m(x)
-        return x
-
-    def forward(self, x, mid=None):
-        if self.stride == 1:
-            x_proj, x = channel_shuffle(x)
-        else:
-            x_proj = self.proj(x)
-        x = self.main(x) if mid in (None, self.mid) else self._sliced_main(x, mid)
-        return torch.cat((x_proj, x), 1)
-
-
-def channel_shuffle(x):
-    """Even channels to the first half, odd to the second (official ``channel_shuffle``)."""
-    b, c, h, w = x.shape
-    x = x.reshape(b * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)
-    return x[0], x[1]  # (B, C/2, H, W) each
-
-
-def _mid(oup: int, scale: float) -> int:
-    return max(1, int(oup // 2 * scale))
-
-
-class Supernet(nn.Module):
-    """The one-shot supernet, or with ``path`` the stand-alone network of that path.
-
-    Supernet BN is non-affine (official supernet); a stand-alone network has affine BN and
-    only the blocks of its path. ``forward(x, path)``: ``path`` selects one choice per layer;
-    a stand-alone network takes no path (or its own).
-    """
-
-    def __init__(self, config: SupernetConfig = QUICK, path=None):
-        super().__init__()
-        self.config = config
-        self.path = None if path is None else check_path(path, config)
-        affine = path is not None
-        c = config
-        self.stem = nn.Sequential(
-            nn.Conv2d(c.in_channels, c.stem_channels, 3, c.stem_stride, 1, bias=False),
-            nn.BatchNorm2d(c.stem_channels, affine=affine), nn.ReLU(inplace=True))
-        self.layers = nn.ModuleList()
-        self.widths = []  # output channels of each choice layer
-        cin, i = c.stem_channels, 0
-        for repeats, oup in zip(c.stage_repeats, c.stage_channels):
-            for r in range(repeats):
-                stride, inp = (2, cin) if r == 0 else (1, cin // 2)
-                if path is None:  # every block at the widest mid (sliced when narrower)
-                    mid = _mid(oup, max(c.channel_scales))
-                    blocks = [_block(b, inp, oup, mid, stride, affine) for b in range(4)]
-                else:
-                    b, scale = decode(self.path[i], c)
-                    blocks = [_block(b, inp, oup, _mid(oup, scale), stride, affine)]
-                self.layers.append(nn.ModuleList(blocks))
-                self.widths.append(oup)
-                cin, i = oup, i + 1
-        self.head = nn.Sequential(
-            nn.Conv2d(cin, c.last_channels, 1, bias=False),
-            nn.BatchNorm2d(c.last_channels, affine=affine), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(c.dropout),
-            nn.Linear(c.last_channels, c.num_classes, bias=False))
-        _init_weights(self)
-
-    def forward(self, x, path=None):
-        if self.path is not None:  # a stand-alone network
-            if path is not None and tuple(path) != self.path:
-                raise PathError(f"this network is the path {self.path}, not {tuple(path)}")
-            path = self.path
-        elif path is None:
-            raise PathError("the supernet needs a path: model(x, path)")
-        else:
-            path = check_path(path, self.config)
-        x = self.stem(x)  # (B, C_stem, H', W')
-        for layer, choice, width in zip(self.layers, path, self.widths):
-            b, scale = decode(choice, self.config)
-            block = layer[0] if self.path is not None else layer[b]
-            x = block(x, _mid(width, scale))  # (B, width, H_i, W_i)
-        return self.head(x)  # (B, num_classes)
-
-    def path_bns(self, path) -> list:
-        """The BN layers that ``path`` runs through (all others keep their statistics)."""
-        path = self.path or check_path(path, self.config)
-        blocks = [layer[0] if self.path is not None else layer[decode(c, self.config)[0]]
-                  for layer, c in zip(self.layers, path)]
-        return [m for part in [self.stem, *blocks, self.head] for m in part.modules()
-                if isinstance(m, nn.BatchNorm2d)]
-
-    def __repr__(self) -> str:
-        kind = f"path {self.path}" if self.path is not None else "supernet"
-        return (f"Supernet({self.config.name}, {kind}, {self.config.num_layers} layers x "
-                f"{self.config.num_choices} choices, {sum(p.numel() for p in self.parameters()):,}"
-                f" params)")
-
-
-def _block(b, inp, oup, mid, stride, affine):
-    kernel = (3, 5, 7, 3)[b]
-    return ChoiceBlock(inp, oup, mid, stride, kernel, xception=b == 3, affine=affine)
-
-
-def _init_weights(model):
-    """Official ``_initialize_weights``: convs N(0, 1/fan_in_channels), stem and classifier
-    N(0, 0.01), BN bias 1e-4."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            std = 0.01 if name.startswith("stem") else 1.0 / m.weight.shape[1]
-            nn.init.normal_(m.weight, 0, std)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 1e-4)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-
-
-def standalone(supernet: Supernet, path) -> Supernet:
-    """The stand-alone network of ``path`` with weights and BN statistics inherited from
-    ``supernet`` (sliced to the path's widths); affine BN starts at weight 1, bias 0."""
-    path = check_path(path, supernet.config)
-    net = Supernet(supernet.config, path).to(next(supernet.parameters()).device)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.zeros_(m.bias)
-    src = dict(supernet.named_parameters()) | dict(supernet.named_buffers())
-    with torch.no_grad():
-        for name, t in list(net.named_parameters()) + list(net.named_buffers()):
-            parts = name.split(".")
-            if parts[0] == "layers":
-                parts[2] = str(decode(path[int(parts[1])], supernet.config)[0])
-            s = src.get(".".join(parts))
-            if s is not None:
-                t.copy_(s[tuple(slice(0, n) for n in t.shape)])
-    return net.eval()
-
-
-# -- FLOPs and params by lookup table (official ``flops.py``) -----------------------------
-def _measure(module, x):
-    """Multiply-adds and weights of convs and linears (the paper's rule), on meta."""
-    macs = []
-
-    def hook(m, inp, out):
-        k = m.weight[0].numel()  # (C_in/groups) * kh * kw, or in_features
-        macs.append(out[0].numel() * k)
-
-    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    hooks = [m.register_forward_hook(hook) for m in layers]
-    out = module.eval()(x)  # eval: BN accepts a 1x1 map of one image
-    for h in hooks:
-        h.remove()
-    return sum(macs), sum(m.weight.numel() for m in layers), out
-
-
-@functools.lru_cache(maxsize=16)
-def lookup_table(config: SupernetConfig) -> dict:
-    """Per (layer, choice) multiply-adds and params of the stand-alone block, plus the
-    fixed stem+head cost; built once per config on the meta device (no compute)."""
-    c = config
-    with torch.device("meta"):
-        x = torch.zeros(1, c.in_channels, c.image_size, c.image_size)
-        fixed_f, fixed_p, x = _measure(nn.Sequential(
-            nn.Conv2d(c.in_channels, c.stem_channels, 3, c.stem_stride, 1, bias=False),
-            nn.BatchNorm2d(c.stem_channels)), x)
-        flops, params, cin = [], [], c.stem_channels
-        for repeats, oup in zip(c.stage_repeats, c.stage_channels):
-            for r in range(repeats):
-                stride, inp = (2, cin) if r == 0 else (1, cin // 2)
-                row = [_measure(_block(decode(ch, c)[0], inp, oup,
-                                       _mid(oup, decode(ch, c)[1]), stride, True), x)
-                       for ch in range(c.num_choices)]
-                flops.append(tuple(m[0] for m in row))
-                params.append(tuple(m[1] for m in row))
-                x, cin = row[0][2], oup
-        head_f, head_p, _ = _measure(nn.Sequential(
-            nn.Conv2d(cin, c.last_channels, 1, bias=False), nn.BatchNorm2d(c.last_channels),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(c.last_channels, c.num_classes, bias=False)), x)
-    return {"flops": tuple(flops), "params": tuple(params),
-            "fixed_flops": fixed_f + head_f, "fixed_params": fixed_p + head_p}
-
-
-def count_flops(path, config: SupernetConfig = IMAGENET) -> int:
-    """Multiply-adds (conv + linear, Sec. 4) of the path's network on one image."""
-    t = lookup_table(config)
-    return t["fixed_flops"] + sum(row[c] for row, c in zip(t["flops"], check_path(path, config)))
-
-
-def count_params(path, config: SupernetConfig = IMAGENET) -> int:
-    """Conv and linear weights of the path's stand-alone network, the rule of the FLOPs
-    count; the published path gives 3.53M ("3.5M"). Affine BN would add 29k (3.56M)."""
-    t = lookup_table(config)
-    return t["fixed_params"] + sum(row[c] for row, c in
-                                   zip(t["params"], check_path(path, config)))
-
-
-def space_range(config: SupernetConfig) -> dict:
-    """Smallest and largest FLOPs and params (in millions) over every path."""
-    t = lookup_table(config)
-    out = {}
-    for key in ("flops", "params"):
-        lo = t[f"fixed_{key}"] + sum(min(r) for r in t[key])
-        hi = t[f"fixed_{key}"] + sum(max(r) for r in t[key])
-        out[key] = (lo / 1e6, hi / 1e6)
-    return out
-
-
-def check_budget(config: SupernetConfig, flops_limit=None, params_limit=None) -> None:
-    """Raise :class:`PathError` when no path meets the budgets (in millions)."""
-    rng = space_range(config)
-    for key, limit in (("flops", flops_limit), ("params", params_limit)):
-        if limit is not None and limit < rng[key][0]:
-            raise PathError(f"{key} limit {limit:g}M is below the smallest path of the "
-                            f"'{config.name}' space ({rng[key][0]:.3f}M; largest "
-                            f"{rng[key][1]:.3f}M)")
-
-
-def within_budget(path, config, flops_limit=None, params_limit=None) -> bool:
-    return ((flops_limit is None or count_flops(path, config) <= flops_limit * 1e6)
-            and (params_limit is None or count_params(path, config) <= params_limit * 1e6))
-
+from .. import distributed
+from ..data import DeviceLoader, holdout, load, split
+from ..devices import resolve_device
+from ..groundtruth import ranking_ceiling  # noqa: F401  (spos.ranking_ceiling, as before)
+from ..checkpoints import fingerprint, read_checkpoint, save, write_json
+from ..config import TrainConfig, preset_name, select
+from ..training import autocast, diverged, nonfinite, progress_bar, train
+from .spos_space import (  # noqa: F401  (the space, as spos.* names)
+    CHANNEL_SCALES, CHOICES, CIFAR, ChoiceBlock, IMAGENET, PUBLISHED_PATH, PathError,
+    QUICK, Supernet, SupernetConfig, channel_shuffle, check_budget, check_path,
+    count_flops, count_params, decode, lookup_table, space_range, standalone,
+    within_budget)
 
 # -- sampling ------------------------------------------------------------------------------
 def random_path(config: SupernetConfig, rng: random.Random) -> tuple:
@@ -530,9 +192,7 @@ PRESETS = {
 
 def get_config(preset: str | None = None, **overrides) -> SPOSConfig:
     """The SPOS settings of the preset ``nt.get_preset`` would choose, with overrides."""
-    from .config import preset_name
-
-    return replace(PRESETS[preset_name(preset)], **overrides)
+    return select(PRESETS, preset_name(preset), overrides)
 
 
 def load_data(cfg: SPOSConfig, device="auto", cap: bool = True):
@@ -615,7 +275,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
         # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = read_checkpoint(checkpoint, "spos")
         if training_settings(state["config"]) != training_settings(asdict(cfg)):
             raise ValueError(f"{checkpoint} was trained with other settings; use a new folder")
         supernet.load_state_dict(state["model"])
@@ -724,17 +384,6 @@ def recalibrate_bn(model: nn.Module, path, batches) -> None:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         model.eval()
-
-
-def fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's weights and buffers: names a trained supernet exactly."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class PathEvaluator:
@@ -988,8 +637,6 @@ def generation_sizes(result: SearchResult) -> list:
 def standalone_config(cfg: SPOSConfig, seed: int = 0):
     """How a path is trained stand-alone (ranking quality and the ``spos`` ground-truth
     table): the supernet's optimizer settings for ``cfg.ranking_epochs`` epochs, cosine."""
-    from .config import TrainConfig
-
     return TrainConfig(epochs=cfg.ranking_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                        momentum=cfg.momentum, weight_decay=cfg.weight_decay, drop_path=0.0,
                        cutout=0, label_smoothing=cfg.label_smoothing, seed=seed, amp=cfg.amp)
@@ -1000,8 +647,6 @@ def ranking_quality(evaluator: PathEvaluator, paths, train_ds, valid_ds, cfg: SP
     """Train each path stand-alone for ``cfg.ranking_epochs`` and compare with its inherited
     fitness: Kendall tau (scipy) of the two accuracy lists."""
     from scipy.stats import kendalltau
-
-    from .training import train
 
     tc = standalone_config(cfg, cfg.seed)
     inherited, alone = [], []
@@ -1014,29 +659,6 @@ def ranking_quality(evaluator: PathEvaluator, paths, train_ds, valid_ds, cfg: SP
     tau, p = kendalltau(inherited, alone)
     return {"paths": [list(p_) for p_ in paths], "inherited": inherited, "standalone": alone,
             "tau": float(tau), "p_value": float(p)}
-
-
-def table_protocol(cfg: SPOSConfig) -> dict:
-    """How the ``spos`` ground-truth table trains a path stand-alone for these settings (its
-    header's ``protocol``): a table answers for a supernet only when this matches."""
-    train = asdict(standalone_config(cfg, 0))
-    train.pop("seed")
-    return {"dataset": cfg.dataset, "image_size": cfg.image_size,
-            "train_images": cfg.train_images, "valid_images": cfg.valid_images,
-            "supernet": asdict(cfg.supernet), "train": train}
-
-
-def find_table(cfg: SPOSConfig):
-    """The shipped ``spos`` table whose protocol is :func:`table_protocol` of ``cfg``, or
-    None (the full preset has none: its paths take GPU-hours to train stand-alone)."""
-    from . import tables
-
-    want = json.loads(json.dumps(table_protocol(cfg)))
-    for p in sorted(tables.SHIPPED.glob("spos-*.json")):
-        t = tables.load("spos", path=p)
-        if t.header.get("protocol") == want:
-            return t
-    return None
 
 
 def ranking_from_table(evaluator: PathEvaluator, table) -> dict:
@@ -1057,39 +679,6 @@ def ranking_from_table(evaluator: PathEvaluator, table) -> dict:
             "tau": float(tau), "p_value": float(p), "inherited_no_recal": off,
             "tau_no_recal": float(tau_off), "p_value_no_recal": float(p_off),
             "improved": sum(a > b for a, b in zip(inherited, off)) / len(paths)}
-
-
-def ranking_ceiling(table, bootstrap: int = 2000, seed: int = 0) -> dict:
-    """How well could any ranker agree with this table? Its paths' stand-alone accuracies
-    hold two parts, the path's true accuracy and the noise of one training (seed to seed).
-    From the table's own seeds: ``seed_tau``, Kendall tau of one seed's accuracies against
-    another's; ``reliability``, the share of the variance of the seed-mean accuracies that
-    is true differences (between-path variance minus within-path variance / seeds, over the
-    between-path variance, clamped at 0); ``tau_max``, the tau a perfect ranker would expect
-    against the seed means, 2/pi asin(sqrt(reliability)) (Greiner's relation for normal
-    scores); ``tau_max_upper``, the 95th percentile of ``tau_max`` over ``bootstrap``
-    resamples of the paths (the estimate from a few seeds is itself uncertain)."""
-    import numpy as np
-    from scipy.stats import kendalltau
-
-    n = len(table.seeds)  # an extension under way reads as the table did before it
-    acc = np.array([r["accuracy"][:n] for r in table.complete()], dtype=float)
-
-    def parts(a):
-        within = a.var(1, ddof=1).mean() if n > 1 else float("nan")
-        between = a.mean(1).var(ddof=1)
-        true = max(between - within / n, 0.0)
-        rel = true / between if between > 0 else float("nan")
-        return within, true, rel, 2 / math.pi * math.asin(math.sqrt(rel))
-
-    within, true, rel, tau_max = parts(acc)
-    rng = np.random.default_rng(seed)
-    boots = [parts(acc[rng.integers(0, len(acc), len(acc))])[3] for _ in range(bootstrap)]
-    taus = [kendalltau(acc[:, i], acc[:, j])[0] for i in range(n) for j in range(i + 1, n)]
-    return {"seed_tau": float(np.mean(taus)) if taus else float("nan"),
-            "seed_sd": float(within) ** 0.5, "path_sd": float(true) ** 0.5,
-            "reliability": float(rel), "tau_max": float(tau_max),
-            "tau_max_upper": float(np.nanpercentile(boots, 95))}
 
 
 # -- evolution vs random, several seeds on one supernet ----------------------------------------
@@ -1129,179 +718,3 @@ def study_summary(study: list) -> dict:
             "evolution_mean": sum(evo) / len(evo), "random_mean": sum(rnd) / len(rnd),
             "evolution_at_least_random": sum(a >= b for a, b in zip(evo, rnd)),
             "evaluations": [len(r["evolution"].evaluated) for r in study]}
-
-
-# -- a trained supernet, cached ---------------------------------------------------------------
-REPO = Path(__file__).resolve().parent.parent
-RECORDED = REPO / "data" / "runs"
-
-
-def run_folder(cfg: SPOSConfig) -> Path:
-    """Where ``search spos`` writes a run of these settings by default (from the folder it
-    runs in)."""
-    return Path(f"runs/spos-{cfg.name}-seed{cfg.seed}")
-
-
-def shown(path) -> str:
-    """A path as a reader should see it: relative to the repository when inside it."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def supernet_file(cfg: SPOSConfig, folders=None) -> Path | None:
-    """A finished ``supernet.pt`` that ``search spos`` wrote with exactly ``cfg``'s settings:
-    first in the default run folder (``runs/spos-PRESET-seedS`` here or in the repository),
-    then in the copy shipped under ``data/runs``; None when none holds one."""
-    name = run_folder(cfg)
-    folders = folders or (name, REPO / name, RECORDED / name.name)
-    for folder in folders:
-        f = Path(folder) / "supernet.pt"
-        if f.is_file():
-            try:
-                state = torch.load(f, map_location="cpu", weights_only=False)
-            except Exception:  # unreadable: not a cache
-                continue
-            if (training_settings(state.get("config", {})) == training_settings(asdict(cfg))
-                    and state.get("epoch") == cfg.epochs):
-                return f.resolve()
-    return None
-
-
-def load_supernet(cfg: SPOSConfig, train_ds, device="auto", folders=None, progress=True):
-    """(supernet, history, source): the supernet ``search spos`` trained with ``cfg`` when
-    :func:`supernet_file` finds one (``source`` is that file), else a new one trained now
-    (``source`` is None)."""
-    found = supernet_file(cfg, folders)
-    torch.manual_seed(cfg.seed)
-    supernet = Supernet(cfg.supernet)
-    history = train_supernet(supernet, train_ds, cfg, device, checkpoint=found,
-                             progress=progress and found is None)
-    return supernet, history, found
-
-
-# -- the command line: ``nas-tutorial search spos`` ---------------------------------------------
-def config_from_dict(d: dict) -> SPOSConfig:
-    """An :class:`SPOSConfig` from its ``asdict`` form (as a checkpoint saves it)."""
-    d = dict(d)
-    supernet = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("supernet").items()}
-    return SPOSConfig(supernet=SupernetConfig(**supernet), **d)
-
-
-# The fields the flags of ``search spos`` set; the preset decides every other one.
-CLI_FIELDS = ("seed", "flops_limit", "params_limit", "population", "generations", "sampling")
-
-
-def cli_search(preset=None, flops_limit=None, params_limit=None, population=None,
-               generations=None, sampling=None, seed=None, out=None, resume=None,
-               device="auto", progress=True, overwrite=False) -> dict:
-    """Train the supernet, run evolution and an equal-budget random search, measure ranking
-    quality against the ``spos`` table when one matches, and write the best path, every
-    evaluated path, ``summary.json`` and the figures into the run folder.
-
-    Before any work: the run folder is checked (:mod:`nas_tutorial.runfolders`;
-    ``overwrite`` replaces a run in it); ``resume`` continues a run with its saved settings,
-    and every flag given must agree with them."""
-    from . import runfolders as rf
-    from .config import preset_name
-
-    if preset is None and resume is None:  # the preset follows the device (cpu: quick)
-        preset = preset_name(None, device)
-    given = dict(flops_limit=flops_limit, params_limit=params_limit, population=population,
-                 generations=generations, sampling=sampling, seed=seed)
-    if resume is not None:
-        run_dir = rf.check_resume(resume, "spos", out, overwrite)
-        saved = rf.read_checkpoint(run_dir, "spos")["config"]
-        try:
-            cfg = config_from_dict(saved)
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            raise rf.RunFolderError(f"{run_dir / 'supernet.pt'} holds settings this version "
-                                    f"cannot use ({e}); start a new run with --out") from None
-        saved = asdict(cfg)
-        rf.check_preset(run_dir, preset, saved, {n: asdict(PRESETS[n]) for n in ("quick", "full")},
-                        CLI_FIELDS)
-        rf.check_flags(run_dir, saved, [("--" + k.replace("_", "-"), k, v)
-                                        for k, v in given.items()])
-    else:
-        over = {k: v for k, v in given.items() if v is not None}
-        cfg = replace(get_config(preset), **{"seed": 0, **over})
-    seed = cfg.seed
-    check_budget(cfg.supernet, cfg.flops_limit, cfg.params_limit)  # before any training
-    if resume is None:
-        run_dir = rf.check_new(out or run_folder(cfg), "spos", overwrite)
-    distributed.check_batch(cfg.batch_size)
-    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
-    main = distributed.is_main()
-    if resume is None and overwrite and main:
-        rf.clear(run_dir)
-    device = resolve_device(device)
-    train_ds, valid_ds = load_data(cfg, device)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)  # once the data is there
-    torch.manual_seed(seed)
-    supernet = Supernet(cfg.supernet)
-    history = train_supernet(supernet, train_ds, cfg, device, run_dir / "supernet.pt",
-                             progress=progress)
-    if not main:  # the search after training runs on rank 0, which writes every file
-        return {"run_dir": run_dir, "result": "", "files": {}}
-    with distributed.alone():  # rank 0 alone: no collective waits for the others
-        return _search_and_write(cfg, supernet, history, train_ds, valid_ds, run_dir, device,
-                                 progress)
-
-
-def _search_and_write(cfg, supernet, history, train_ds, valid_ds, run_dir, device,
-                      progress) -> dict:
-    """The part of ``search spos`` after supernet training: evolution and random search,
-    ranking quality, and every file of the run folder."""
-    from . import spos_viz
-    from .viz import save_html, save_svg
-
-    seed = cfg.seed
-    evaluator = PathEvaluator(supernet, train_ds, valid_ds, cfg.recal_batches,
-                              cfg.recal_batch_size, amp=cfg.amp, seed=seed)
-    evaluator.load_cache(run_dir / "fitness.json")
-    table = find_table(cfg)
-    rank = ranking_from_table(evaluator, table) if table is not None else None
-    evo, rnd = search_pair(evaluator, cfg, seed, (run_dir / "evolution.json",
-                                                  run_dir / "random.json"), progress)
-    evaluator.save_cache(run_dir / "fitness.json")
-    best = evo.best
-    write_json(run_dir / "best_path.json",
-               {"path": best["path"], "fitness": best["fitness"], "flops": best["flops"],
-                "params": best["params"], "config": asdict(cfg)})
-    write_json(run_dir / "evaluated.json",
-               {"evolution": evo.evaluated, "random": rnd.evaluated,
-                "supernet_history": history, "ranking": rank}, strict=True)
-    summary = {
-        "seed": seed, "preset": cfg.name, "sampling": cfg.sampling,
-        "supernet_epochs": cfg.epochs, "supernet_train_accuracy": history["train_acc"][-1],
-        "kendall_tau": rank and rank["tau"], "kendall_p": rank and rank["p_value"],
-        "kendall_tau_no_recal": rank and rank["tau_no_recal"],
-        "kendall_p_no_recal": rank and rank["p_value_no_recal"],
-        "paths_ranked": len(rank["paths"]) if rank else 0,
-        "recal_improved_fraction": rank and rank["improved"],
-        "evolution_best": best["fitness"], "evolution_best_path": best["path"],
-        "random_best": rnd.best["fitness"], "evaluations": len(evo.evaluated),
-        "random_evaluations": len(rnd.evaluated), "flops_limit": cfg.flops_limit,
-        "device": str(device), "torch": torch.__version__, "machine": machine(device),
-        "created": time.strftime("%Y-%m-%d")}
-    write_json(run_dir / "summary.json", summary, strict=True)
-    files = {
-        "pareto": save_html(spos_viz.plot_pareto({"evolution": evo, "random": rnd},
-                                                 cfg.flops_limit), run_dir / "pareto.html"),
-        "progress": save_html(spos_viz.plot_search_progress(evo, rnd),
-                              run_dir / "progress.html"),
-        "path": save_svg(spos_viz.draw_path(best["path"], cfg.supernet), run_dir / "path.svg"),
-        "summary": run_dir / "summary.json",
-    }
-    if rank is not None:
-        files["ranking"] = save_html(spos_viz.plot_ranking(rank), run_dir / "ranking.html")
-    result = (f"{tuple(best['path'])} fitness {best['fitness']:.4f}, "
-              f"{best['flops'] / 1e6:.3f}M FLOPs, {best['params'] / 1e6:.3f}M params"
-              f" (random search: {rnd.best['fitness']:.4f})")
-    if rank is not None:
-        result += (f"; ranking vs the table: Kendall tau {rank['tau']:.2f} "
-                   f"(without recalibration {rank['tau_no_recal']:.2f})")
-    return {"run_dir": run_dir, "result": result, "files": files}

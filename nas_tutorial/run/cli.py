@@ -7,7 +7,7 @@ wrong and what to do; ``--debug`` adds the traceback. Anything else is a bug and
 traceback. Inputs and run folders are checked before any work starts (see
 :mod:`nas_tutorial.runfolders`); an interrupted search resumes with ``--resume DIR``.
 
-Under ``torchrun --nproc_per_node=N -m nas_tutorial.cli train|search ...`` every process
+Under ``torchrun --nproc_per_node=N -m nas_tutorial.run.cli train|search ...`` every process
 runs the same command data-parallel (:mod:`nas_tutorial.distributed`); rank 0 alone prints
 and writes the run folder. ``info`` and ``table`` run in one process.
 """
@@ -19,6 +19,24 @@ import os
 import re
 import sys
 import traceback
+
+import torch
+
+from .. import distributed
+from ..checkpoints import write_json
+from ..config import PRESETS, get_preset, preset_name
+from ..data import DATASETS, DatasetUnavailable
+from ..devices import threads
+from ..flops import count_flops
+from ..genotypes import GenotypeError, resolve
+from ..network import NetworkCIFAR, count_params
+from ..training import Diverged, train_genotype  # Diverged: pc_darts.SearchDiverged is one
+from ..teaching.exercises import make_student_copies
+from ..teaching.handouts import write_handouts
+from ..viz import draw_genotype, plot_history, save_html, save_svg
+from . import searches
+from .folders import check_new, clear
+from .tables import TableError, cli_table
 
 EXIT_USAGE = 2
 PROG = "nas-tutorial"
@@ -76,8 +94,6 @@ def _nonneg_int(text, most=MAX_SEED):
 
 def _device(text):
     """``--device``: auto, cpu, cuda or cuda:N, refused at once when this machine lacks it."""
-    import torch
-
     try:
         device = torch.device(text) if text != "auto" else None
     except RuntimeError:
@@ -98,9 +114,6 @@ def _device(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
-    from .data import DATASETS
-
     p = _Parser(prog=PROG, description="Neural architecture search you can run and read.")
     p.add_argument("--threads", dest="cpu_threads", type=_positive(), default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest for these small networks; "
@@ -209,7 +222,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train a row's seeds at once, a thread each (pnas; same results)")
     table.add_argument("--workers", type=_positive(), default=1, metavar="N",
                        help="train N rows at once in N processes, one thread each (same results)")
+    handouts = sub.add_parser("handouts", parents=[debug],
+                              help="every notebook as self-contained HTML, checked in Chromium")
+    handouts.add_argument("notebooks", nargs="?", default="notebooks")
+    handouts.add_argument("--out", default="handouts")
+    handouts.add_argument("--no-check", action="store_true", help="export only, no Chromium")
+    student = sub.add_parser("student", parents=[debug],
+                             help="learners' copies: exercise solutions replaced by stubs")
+    student.add_argument("notebooks", nargs="?", default="notebooks")
+    student.add_argument("out", nargs="?", default="student")
     return p
+
+
+def _handouts(args) -> int:
+    return 1 if write_handouts(args.notebooks, args.out, check=not args.no_check) else 0
+
+
+def _student(args) -> int:
+    for path in make_student_copies(args.notebooks, args.out):
+        print(f"student copy: {path}")
+    return 0
 
 
 def _gb(n: float) -> str:
@@ -234,10 +266,6 @@ def _check_size(genotype, args) -> None:
     The network is built on PyTorch's ``meta`` device (shapes only, no memory) and run once:
     its parameters (4 bytes each) and its largest feature map for one image must both be in
     memory at once, a lower bound on what ``info`` would allocate."""
-    import torch
-
-    from .network import NetworkCIFAR
-
     with torch.device("meta"):
         model = NetworkCIFAR(genotype, args.channels, args.num_classes, args.layers,
                              auxiliary=args.auxiliary).eval()
@@ -261,10 +289,6 @@ def _check_size(genotype, args) -> None:
 
 
 def _info(args) -> int:
-    from .flops import count_flops
-    from .genotypes import resolve
-    from .network import NetworkCIFAR, count_params
-
     genotype = resolve(args.genotype)
     if args.channels % 2:
         raise CLIError(f"--channels must be even (factorized reduce halves it), got {args.channels}")
@@ -287,19 +311,11 @@ def _info(args) -> int:
 
 
 def _train(args) -> int:
-    from .checkpoints import write_json
-    from .config import get_preset
-    from .genotypes import resolve
-    from .runfolders import check_new, clear
-    from .training import train_genotype
-    from .viz import draw_genotype, plot_history, save_html, save_svg
-
     genotype = resolve(args.genotype)
     preset = get_preset(args.preset, args.device)  # --device cpu: quick unless named
     # checked before training; created only once there is something to write into it
     out = check_new(args.out or f"runs/train-{preset.name}-seed{args.seed}", "train",
                     args.overwrite, empty=True)
-    from . import distributed
 
     distributed.check_batch(preset.train.batch_size)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
@@ -323,33 +339,25 @@ def _train(args) -> int:
 
 
 def _search(args) -> int:
-    from .config import preset_name
-
     # the preset follows the chosen device (--device cpu: quick) unless named; a resumed
     # run keeps its own
     preset = args.preset or (None if args.resume else preset_name(None, args.device))
     common = dict(preset=preset, seed=args.seed, out=args.out, resume=args.resume,
                   overwrite=args.overwrite, device=args.device)
     if args.method in ("pc-darts", "darts"):
-        from . import pc_darts
-
-        result = pc_darts.cli_search(method=args.method, k=args.k,
-                                     edge_norm=False if args.no_edge_norm else None,
-                                     unrolled=args.unrolled, epochs=args.epochs,
-                                     dataset=args.dataset, retrain=args.retrain, **common)
+        result = searches.search_pc_darts(method=args.method, k=args.k,
+                                          edge_norm=False if args.no_edge_norm else None,
+                                          unrolled=args.unrolled, epochs=args.epochs,
+                                          dataset=args.dataset, retrain=args.retrain, **common)
     elif args.method == "spos":
-        from . import spos
-
-        result = spos.cli_search(flops_limit=args.flops_limit, params_limit=args.params_limit,
-                                 population=args.population, generations=args.generations,
-                                 sampling=args.sampling, **common)
+        result = searches.search_spos(flops_limit=args.flops_limit,
+                                      params_limit=args.params_limit,
+                                      population=args.population,
+                                      generations=args.generations, sampling=args.sampling,
+                                      **common)
     else:
-        from . import pnas
-
-        result = pnas.cli_search(blocks=args.blocks, beam=args.beam, predictor=args.predictor,
-                                 oracle=args.oracle, **common)
-    from . import distributed
-
+        result = searches.search_pnas(blocks=args.blocks, beam=args.beam,
+                                      predictor=args.predictor, oracle=args.oracle, **common)
     if not distributed.is_main():  # rank 0 prints
         return 0
     print(f"found:    {result['result']}")
@@ -362,8 +370,6 @@ def _search(args) -> int:
 
 
 def _table(args) -> int:
-    from .tables import cli_table
-
     result = cli_table(args.table_method, args.preset, args.seeds, args.out, args.resume,
                        args.threads, args.limit, args.parallel, device=args.device,
                        workers=args.workers)
@@ -388,13 +394,6 @@ def _one_line(text: str) -> str:
 
 def _expected(e: BaseException) -> str | None:
     """The one-line message of an expected failure, None for anything else (a bug)."""
-    import torch
-
-    from .data import DatasetUnavailable
-    from .genotypes import GenotypeError
-    from .tables import TableError
-    from .training import Diverged  # pc_darts.SearchDiverged is one
-
     oom = isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e))  # torch's CPU OOM
     if oom:
@@ -414,8 +413,6 @@ def _join(args) -> bool:
     """Under torchrun: refuse a verb that runs in one process, else join the process group
     and run on this rank's device (``cuda:LOCAL_RANK`` on a GPU machine). True when it
     joined one (left again at the end of :func:`main`)."""
-    from . import distributed
-
     if not distributed.launched() or distributed.active():
         return False
     if args.command not in ("train", "search"):
@@ -428,19 +425,15 @@ def _join(args) -> bool:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
-    handlers = {"info": _info, "train": _train, "search": _search, "table": _table}
-    import torch
-
-    from .notebook import set_threads
-
-    from . import distributed
-
-    threads = torch.get_num_threads()
-    set_threads(getattr(args, "search_threads", None) or args.cpu_threads)
+    handlers = {"info": _info, "train": _train, "search": _search, "table": _table,
+                "handouts": _handouts, "student": _student}
     joined = False
     try:
-        joined = _join(args)
-        return handlers[args.command](args)
+        # the search's own --threads, else the global one; restored after, so a caller in
+        # the same process (a notebook, a test) keeps its own
+        with threads(getattr(args, "search_threads", None) or args.cpu_threads):
+            joined = _join(args)
+            return handlers[args.command](args)
     except KeyboardInterrupt:
         what = {"table": "; a table continues with --resume",
                 "search": "; a search continues with --resume RUN_FOLDER once it has written "
@@ -456,7 +449,6 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        torch.set_num_threads(threads)  # a caller in the same process keeps its own
         if joined:
             distributed.shutdown()
 

@@ -2,19 +2,22 @@
 
 A GPU run (a ``full``-preset search, a benchmark table) is recorded as one small JSON file
 so that a notebook on a machine without a GPU can show it beside its own quick run, labelled
-with the device and the date. Nothing here is imported by the algorithms.
+with the device and the date. Also the trained SPOS supernets a notebook finds again in run
+folders (:func:`load_supernet`). Nothing here is imported by the algorithms.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .checkpoints import write_json
-from .data import default_root
-from .devices import device_label, machine  # noqa: F401  (runs.device_label, as before)
+from ..methods import spos
+from ..checkpoints import read_checkpoint, write_json
+from ..data import default_root
+from ..devices import device_label, machine  # noqa: F401  (runs.device_label, as before)
 
 
 def runs_root(root=None) -> Path:
@@ -88,3 +91,55 @@ def search_step_table(run: dict) -> str:
             + (f"{'-':>11}" if not lay else f"{'failed':>11}" if lay.get("nhwc_ratio") is None
                else f"{lay['nhwc_ratio']:>7.2f}" + f"{_SCOPE.get(lay.get('nhwc_scope'), ''):>4}"))
     return "\n".join(lines)
+
+
+# -- a trained SPOS supernet, found again ------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent.parent
+RECORDED = REPO / "data" / "runs"  # the runs shipped with the repository
+
+
+def run_folder(cfg) -> Path:
+    """Where ``search spos`` writes a run of these settings by default (from the folder it
+    runs in)."""
+    return Path(f"runs/spos-{cfg.name}-seed{cfg.seed}")
+
+
+def shown(path) -> str:
+    """A path as a reader should see it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def supernet_file(cfg, folders=None) -> Path | None:
+    """A finished ``supernet.pt`` that ``search spos`` wrote with exactly ``cfg``'s settings:
+    first in the default run folder (``runs/spos-PRESET-seedS`` here or in the repository),
+    then in the copy shipped under ``data/runs``; None when none holds one."""
+    name = run_folder(cfg)
+    folders = folders or (name, REPO / name, RECORDED / name.name)
+    for folder in folders:
+        f = Path(folder) / "supernet.pt"
+        if f.is_file():
+            try:
+                state = read_checkpoint(f, "spos")
+            except ValueError:  # unreadable or incomplete: not a cache
+                continue
+            if (spos.training_settings(state.get("config", {})) == spos.training_settings(asdict(cfg))
+                    and state.get("epoch") == cfg.epochs):
+                return f.resolve()
+    return None
+
+
+def load_supernet(cfg, train_ds, device="auto", folders=None, progress=True):
+    """(supernet, history, source): the supernet ``search spos`` trained with ``cfg`` when
+    :func:`supernet_file` finds one (``source`` is that file: the finished checkpoint is
+    resumed, so nothing trains), else a new one trained now (``source`` is None). Train
+    the supernet once, search it many times: the paper's workflow."""
+    found = supernet_file(cfg, folders)
+    torch.manual_seed(cfg.seed)
+    supernet = spos.Supernet(cfg.supernet)
+    history = spos.train_supernet(supernet, train_ds, cfg, device, checkpoint=found,
+                             progress=progress and found is None)
+    return supernet, history, found

@@ -28,28 +28,37 @@ and the accuracy of every seed; and the table's own noise and signal (:func:`sum
 training with run seed ``s``, so a search with seed ``s`` (``s`` below the table's number
 of seeds; larger seeds wrap around) that looks a row up sees the noise a live training
 with that seed would give. Making a table checkpoints after every
-row and resumes. The algorithms do not import this module; only ``search pc-darts
---retrain`` reads it, after a search, to place the found cell (:func:`retrain`).
+row and resumes. Reading a table is :mod:`nas_tutorial.groundtruth` (the methods take a table from there);
+this module makes them, and imports the methods to do so.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import random
+import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoints import write_json
-from .devices import device_label
-
-METHODS = ("pnas", "spos", "pc-darts")
-
-
-class TableError(ValueError):
-    """A table that cannot be made, resumed or read as asked; the message is one line."""
-
+from ..methods import pc_darts, pnas, spos
+from . import compare
+from ..checkpoints import write_json
+from ..config import get_preset
+from ..devices import device_label, machine, resolve_device, set_threads
+from ..flops import count_flops
+from ..genotypes import GENOTYPES, Genotype
+from ..groundtruth import (METHODS, SHIPPED, Table, TableError, default_path,  # noqa: F401
+                           find, load, summarize)  # nt.tables.load and friends, as before
+from ..network import count_params
+from ..progress import progress_bar
+from ..training import evaluate, run_threads, train
 
 # -- the architectures and how each is trained ---------------------------------------------
 @dataclass
@@ -73,9 +82,6 @@ class Spec:
 
 
 def _pnas_spec(preset: str, device) -> Spec:
-    from . import pnas
-    from .flops import count_flops
-    from .network import count_params
 
     config = pnas.get_config(preset)
     ops = config.ops
@@ -100,10 +106,6 @@ def _pnas_spec(preset: str, device) -> Spec:
         # Models are built (seeded) here, trained in threads: as ChildTrainer does, so the
         # accuracies equal those of one-by-one training (the PNAS tests check this); Ctrl-C
         # stops every seed at its next step (training.run_threads).
-        from functools import partial
-
-        from .training import run_threads
-
         cell = _cell(cell)
         jobs = [(trainer(s), trainer(s).build(cell), pnas.child_seed(cell, s)) for s in seeds]
         return run_threads([partial(t._train_one, model, cs, 0, cell) for t, model, cs in jobs],
@@ -120,12 +122,23 @@ def _cell(cell) -> tuple:
     return tuple((str(op), int(i)) for op, i in cell)
 
 
+def spos_protocol(cfg) -> dict:
+    """How the ``spos`` ground-truth table trains a path stand-alone for these settings (its
+    header's ``protocol``): a table answers for a supernet only when this matches."""
+    train = asdict(spos.standalone_config(cfg, 0))
+    train.pop("seed")
+    return {"dataset": cfg.dataset, "image_size": cfg.image_size,
+            "train_images": cfg.train_images, "valid_images": cfg.valid_images,
+            "supernet": asdict(cfg.supernet), "train": train}
+
+
+def spos_table(cfg):
+    """The shipped ``spos`` table whose protocol is :func:`spos_protocol` of ``cfg``, or
+    None (the full preset has none: its paths take GPU-hours to train stand-alone)."""
+    return find("spos", spos_protocol(cfg))
+
+
 def _spos_spec(preset: str, device) -> Spec:
-    import random
-
-    from . import spos
-    from .training import evaluate, train
-
     cfg = spos.get_config(preset)
     sc = cfg.supernet
     # From the lowest to the highest FLOPs: 4,000 uniform paths sorted by FLOPs, then evenly
@@ -152,18 +165,12 @@ def _spos_spec(preset: str, device) -> Spec:
         train(net, train_ds, spos.standalone_config(cfg, seed), device=device, progress=False)
         return evaluate(net, valid_ds, device)[1]
 
-    return Spec("spos", rows, spos.table_protocol(cfg),
+    return Spec("spos", rows, spos_protocol(cfg),
                 lambda p: (spos.count_params(p, sc), spos.count_flops(p, sc)), run,
                 note="held-out accuracy of the path trained stand-alone (spos.standalone_config)")
 
 
 def _pc_darts_spec(preset: str, device) -> Spec:
-    from . import compare, pc_darts
-    from .config import get_preset
-    from .flops import count_flops
-    from .genotypes import GENOTYPES, Genotype
-    from .network import count_params
-
     p = get_preset(preset)
     search = pc_darts.get_config("pc-darts", preset)
     rows = [{"key": f"random-{i:02d}", "group": "random",
@@ -189,8 +196,6 @@ def _pc_darts_spec(preset: str, device) -> Spec:
         return count_params(model), count_flops(model, splits()[0].shape)
 
     def run(arch, seed, progress=False):
-        from .training import evaluate, train
-
         train_ds, test_ds = splits()
         model = net(arch, seed)
         cfg = replace(p.train, seed=seed)
@@ -206,7 +211,6 @@ def _pc_darts_spec(preset: str, device) -> Spec:
                 note="test accuracy after retraining with the quick preset (compare.retrain)")
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tables"
 TABLE_SEED = 0            # draws the random architectures of every table (not a run seed)
 RANDOM_PNAS_CELLS = 400   # random 3-block cells in the pnas table
 SPOS_PATHS = 32           # stand-alone paths in the spos table
@@ -218,166 +222,6 @@ def spec(method: str, preset: str = "quick", device="cpu") -> Spec:
     if method not in METHODS:
         raise TableError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     return _SPECS[method](preset, device)
-
-
-# -- the table -------------------------------------------------------------------------------
-@dataclass
-class Table:
-    """A ground-truth table: the header, the rows and lookups by key and seed."""
-
-    method: str
-    header: dict
-    rows: list = field(default_factory=list)
-
-    def __post_init__(self):
-        self._index = {r["key"]: r for r in self.rows}
-
-    @property
-    def seeds(self) -> list:
-        return list(self.header["seeds"])
-
-    def row(self, key: str) -> dict:
-        """The row of ``key`` as the table reads: the header's seeds only (a table being
-        extended holds more in some rows until every row has them)."""
-        if key not in self._index:
-            raise KeyError(f"{key!r} is not in the {self.method} table")
-        row, n = self._index[key], len(self.seeds)
-        if len(row.get("accuracy", [])) <= n:
-            return row
-        return {**row, "accuracy": row["accuracy"][:n],
-                **({"machine": row["machine"][:n]} if "machine" in row else {})}
-
-    def accuracy(self, key: str, seed: int | None = None) -> float:
-        """The recorded accuracy of ``key`` for run seed ``seed`` (a search with seed s
-        reads the table's seed ``s mod n_seeds``), or the mean over seeds when None: the
-        truth a search is judged by. Seeds of a row beyond the header's (an extension
-        under way) are not read until every row has them."""
-        acc = self.row(key)["accuracy"]
-        return float(np.mean(acc)) if seed is None else float(acc[seed % len(acc)])
-
-    def machine(self, key: str, seed: int) -> str | None:
-        """The fingerprint (:func:`nas_tutorial.devices.machine`) of the machine that
-        trained seed ``seed`` of ``key``; None where the table does not know (made before
-        tables recorded it)."""
-        machines = self.header.get("machines") or [{}]
-        index = self.row(key).get("machine") or [0] * len(self.row(key)["accuracy"])
-        return machines[index[seed]].get("fingerprint") if seed < len(index) else None
-
-    def trainings(self, group: str = "random") -> np.ndarray:
-        """Every single training of the ``group``'s complete rows (all seeds of all rows):
-        the distribution one more training of a new architecture is placed in."""
-        rows = [r for r in self.complete() if r["group"] == group]
-        if not rows:
-            raise TableError(f"the {self.method} table has no complete '{group}' rows")
-        n = len(self.seeds)
-        return np.array([a for r in rows for a in r["accuracy"][:n]], dtype=float)
-
-    def percentile(self, accuracy: float, group: str = "random") -> float:
-        """Where one training's ``accuracy`` falls among the ``group``'s trainings: the
-        percentage of them below it, ties counted half (50 = the group's median). One
-        training is set against single trainings, so both sides carry the seed noise."""
-        ref = self.trainings(group)
-        below = (ref < accuracy).sum() + 0.5 * (ref == accuracy).sum()
-        return float(100.0 * below / len(ref))
-
-    def __contains__(self, key) -> bool:
-        return key in self._index
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def complete(self, seeds: int | None = None) -> list:
-        """Rows with an accuracy for each of the first ``seeds`` seeds (default: the
-        header's seeds)."""
-        n = len(self.seeds) if seeds is None else seeds
-        return [r for r in self.rows if len(r.get("accuracy", [])) >= n]
-
-    def groups(self) -> dict:
-        out = {}
-        for r in self.rows:
-            out.setdefault(r["group"], []).append(r)
-        return out
-
-    def stats(self, seeds: int | None = None, groups=None) -> dict:
-        """:func:`summarize` over the complete rows (of ``groups`` only, where given), with
-        their first ``seeds`` seeds (default the header's; more reads an extension under
-        way over the rows that have them)."""
-        n = len(self.seeds) if seeds is None else seeds
-        rows = [{"accuracy": r["accuracy"][:n]} for r in self.complete(n)
-                if groups is None or r["group"] in groups]
-        return summarize(rows)
-
-    def to_dict(self) -> dict:
-        stats = {k: (None if isinstance(v, float) and np.isnan(v) else v)  # JSON has no NaN
-                 for k, v in self.stats().items()}
-        return {"method": self.method, **self.header, "stats": stats, "rows": self.rows}
-
-    def __repr__(self) -> str:
-        s = self.stats()
-        return (f"Table({self.method}: {len(self.complete())} of {len(self)} rows x "
-                f"{len(self.seeds)} seeds, seed SD {s['seed_sd']:.4f}, spread "
-                f"{s['arch_sd']:.4f}, seed-vs-seed Spearman {s['seed_spearman']:.2f})")
-
-
-def summarize(rows) -> dict:
-    """A table's noise and signal: ``seed_sd``, the mean over architectures of the
-    standard deviation across seeds (ddof 1); ``arch_sd``, the standard deviation across
-    architectures of the mean accuracy; ``seed_spearman``, the mean over seed pairs of the
-    Spearman correlation between two seeds' accuracies (how well one training run ranks
-    the architectures as another would). With four seeds or more also ``split_half``, the
-    Spearman correlation of the mean of the first half of the seeds with the mean of the
-    second (an odd last seed left out), and ``reliability``, the Spearman-Brown estimate for the mean of both halves."""
-    from scipy.stats import spearmanr
-
-    # the seeds every row has (a table being extended has more in some rows)
-    n = min((len(r["accuracy"]) for r in rows), default=0)
-    acc = np.array([r["accuracy"][:n] for r in rows], dtype=float)  # (archs, seeds)
-    out = {"rows": int(len(acc)), "seeds": int(acc.shape[1]) if acc.ndim == 2 else 0,
-           "mean": float("nan"), "seed_sd": float("nan"), "arch_sd": float("nan"),
-           "seed_spearman": float("nan")}
-    if acc.ndim != 2 or len(acc) < 2:
-        return out
-    out["mean"] = float(acc.mean())
-    out["arch_sd"] = float(acc.mean(1).std(ddof=1))
-    if acc.shape[1] >= 2:
-        out["seed_sd"] = float(acc.std(1, ddof=1).mean())
-        rhos = [spearmanr(acc[:, i], acc[:, j]).statistic
-                for i in range(acc.shape[1]) for j in range(i + 1, acc.shape[1])]
-        out["seed_spearman"] = float(np.mean(rhos))
-    if acc.shape[1] >= 4:
-        # Split-half reliability: how well the mean of seeds 0-1 ranks the architectures as
-        # the mean of seeds 2-3 does; Spearman-Brown's 2r / (1 + r) then estimates the
-        # reliability of the mean of all four (the truth searches are judged by).
-        h = acc.shape[1] // 2
-        r = float(spearmanr(acc[:, :h].mean(1), acc[:, h:2 * h].mean(1)).statistic)
-        out["split_half"] = r
-        out["reliability"] = 2 * r / (1 + r) if r > -1 else float("nan")
-    return out
-
-
-def default_path(method: str, preset: str = "quick", root=None) -> Path:
-    """``data/tables/METHOD-PRESET.json`` of the repository (the shipped tables live beside
-    the package, whatever ``$NAS_TUTORIAL_DATA`` points the datasets to)."""
-    folder = Path(root) if root is not None else SHIPPED
-    return folder / f"{method}-{preset}.json"
-
-
-def load(method: str, preset: str = "quick", path=None) -> Table:
-    """The shipped table of ``method`` (or the file ``path``)."""
-    if method not in METHODS:
-        raise TableError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    path = Path(path) if path is not None else default_path(method, preset)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {method} table at {path}; make it with "
-                                f"`nas-tutorial table {method} --preset {preset}`")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TableError(f"{path} is not a table (bad JSON: {e.msg} at line {e.lineno})")
-    if d.get("method") != method or "rows" not in d:
-        raise TableError(f"{path} is not a {method} table")
-    header = {k: v for k, v in d.items() if k not in ("method", "rows", "stats")}
-    return Table(method, header, d["rows"])
 
 
 def check_protocol(table: Table, s: Spec) -> None:
@@ -398,8 +242,6 @@ def retrain(method: str, arch, seed: int = 0, preset: str = "quick", device="cpu
     ``seconds``. A stale table (:func:`check_protocol`) or a missing group is refused before
     any training.
     """
-    from .data import resolve_device
-
     device = resolve_device(device)
     table = table if table is not None else load(method, preset)
     s = spec(method, preset, device)
@@ -434,9 +276,6 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
     (:func:`nas_tutorial.devices.machine`), so a recorded number is compared bit for bit
     only where it was made.
     """
-    from .devices import machine, resolve_device
-    from .training import progress_bar
-
     if seeds is not None and seeds < 1:
         raise TableError(f"seeds must be at least 1, got {seeds}")
     if workers < 1:
@@ -452,7 +291,7 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
     if parallel or workers > 1:
         threads = 1  # one thread per training, so trainings run side by side
     if threads is not None and device.type == "cpu":
-        torch.set_num_threads(threads)
+        set_threads(threads)
     try:
         s = spec(method, preset, device)
         here = {"device": device_label(device), **machine(device)}
@@ -551,9 +390,6 @@ def _run_workers(jobs, workers, method, preset, device, land, bar) -> None:
     """Train ``jobs`` (row, seeds, measure?) in ``workers`` processes of one thread each and
     ``land`` every finished row. At most two rows per worker are in flight, so a stopped run
     loses little; Ctrl-C stops the workers and keeps every landed row."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     factory = _SPECS[method]
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, initargs=(factory, preset, device))
@@ -581,10 +417,8 @@ _WORKER = {}
 
 
 def _worker_init(factory, preset, device):
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    torch.set_num_threads(1)
+    set_threads(1)
     _WORKER["spec"] = factory(preset, torch.device(device))
 
 
@@ -598,8 +432,6 @@ def _worker_row(arch, seeds, measure):
 def _check_table_file(out: Path) -> None:
     """A table file ``out`` must be writable before hours of training: not a folder, not
     under a file, in a folder that exists or can be made and can be written."""
-    import os
-
     if out.is_dir():
         raise TableError(f"{out} is a folder; --out names the table's JSON file, "
                          f"e.g. {out / 'table.json'}")

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..methods import pc_darts, pnas, spos
+from ..genotypes import GENOTYPES
+from ..network import count_params
+from ..ops import OPS, PNAS_OPS
+from ..run import compare
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -75,8 +81,6 @@ def _run_darts_cell_count(fn):
 
 
 def _run_sep_conv_params(fn):
-    from .network import count_params
-    from .ops import OPS
 
     for C in (1, 4, 16, 36):
         _equal(fn(C), count_params(OPS["sep_conv_3x3"](C, 1, True)), f"C={C}")
@@ -84,15 +88,12 @@ def _run_sep_conv_params(fn):
 
 # -- 02: PNAS ------------------------------------------------------------------------------
 def _run_one_block_count(fn):
-    from .ops import PNAS_OPS
-    from .pnas import one_block_cells
 
     for n in (1, 2, 3, 5, 8):
-        _equal(fn(n), len(one_block_cells(PNAS_OPS[:n])), f"n_ops={n}")
+        _equal(fn(n), len(pnas.one_block_cells(PNAS_OPS[:n])), f"n_ops={n}")
 
 
 def _run_expand(fn):
-    from . import pnas
 
     two = ("sep_conv_3x3", "max_pool_3x3")
     three = two + ("identity",)
@@ -119,25 +120,23 @@ def _run_expand(fn):
 
 # -- 03: PC-DARTS --------------------------------------------------------------------------
 def _run_channel_shuffle(fn):
-    from .pc_darts import channel_shuffle
 
     g = torch.Generator().manual_seed(0)
     for shape, groups in (((2, 8, 3, 3), 4), ((1, 8, 1, 1), 2), ((2, 12, 2, 2), 3),
                           ((1, 4, 2, 2), 1), ((3, 16, 4, 4), 8)):
         x = torch.arange(math.prod(shape), dtype=torch.float32).view(shape) + \
             torch.rand(shape, generator=g)
-        _tensor_equal(fn(x.clone(), groups), channel_shuffle(x, groups),
+        _tensor_equal(fn(x.clone(), groups), pc_darts.channel_shuffle(x, groups),
                       f"x of shape {shape}, groups={groups}")
 
 
 def _run_node_softmax(fn):
-    from .pc_darts import node_softmax
 
     g = torch.Generator().manual_seed(1)
     for steps in (1, 2, 4, 5):
         n = sum(2 + i for i in range(steps))
         beta = torch.randn(n, generator=g) * 3
-        _tensor_equal(fn(beta.clone(), steps), node_softmax(beta, steps),
+        _tensor_equal(fn(beta.clone(), steps), pc_darts.node_softmax(beta, steps),
                       f"beta of {n} edges, steps={steps}", atol=1e-5)
 
 
@@ -165,11 +164,11 @@ def _run_crossover(fn):
 
 
 def _run_recalibrate(fn):
-    from .spos import recalibrate_bn  # the library's own (SPOS Sec. 3.4), for plain models too
 
     with torch.random.fork_rng():  # the learner's own random state stays as it was
         torch.manual_seed(0)
-        _recalibrate_cases(fn, recalibrate_bn)
+        # the library's own (SPOS Sec. 3.4), for plain models too
+        _recalibrate_cases(fn, spos.recalibrate_bn)
 
 
 def _recalibrate_cases(fn, recalibrate_bn):
@@ -200,15 +199,13 @@ def _recalibrate_cases(fn, recalibrate_bn):
 
 # -- 05: comparing searches ----------------------------------------------------------------
 def _run_genotype_agreement(fn):
-    from .compare import genotype_agreement, random_genotype
-    from .genotypes import GENOTYPES
 
     pairs = [(GENOTYPES["PC_DARTS"], GENOTYPES["PC_DARTS"]),
              (GENOTYPES["DARTS_V1"], GENOTYPES["DARTS_V2"]),
              (GENOTYPES["PC_DARTS"], GENOTYPES["DARTS_V2"])]
-    pairs += [(random_genotype(s), random_genotype(s + 10)) for s in range(3)]
+    pairs += [(compare.random_genotype(s), compare.random_genotype(s + 10)) for s in range(3)]
     for a, b in pairs:
-        got, want = fn(a, b), genotype_agreement(a, b)
+        got, want = fn(a, b), compare.genotype_agreement(a, b)
         where = f"{_fmt(a.normal[:2], 40)}... vs {_fmt(b.normal[:2], 40)}..."
         if not isinstance(got, dict):
             raise _Failure(f"{where}: returned {type(got).__name__}, expected a dict")
@@ -352,20 +349,4 @@ def list_exercises() -> None:
 
 __all__ = ["EXERCISES", "Exercise", "check", "list_exercises", "make_student_copies",
            "darts_cell_count"]
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="student copies of the notebooks (make student)")
-    ap.add_argument("src", nargs="?", default="notebooks")
-    ap.add_argument("out", nargs="?", default="student")
-    args = ap.parse_args(argv)
-    for path in make_student_copies(args.src, args.out):
-        print(f"student copy: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 

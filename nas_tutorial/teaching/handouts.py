@@ -9,12 +9,13 @@ compared. No paper here: this is about reading the notebooks, not about NAS.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from ..viz.notebook import chromium
 
 FIGURE_TYPES = ("application/vnd.plotly.v1+json", "image/svg+xml", "image/png")
 # What a saved notebook must not show a reader without a kernel.
@@ -88,8 +89,6 @@ window.addEventListener('load', () => {
 
 
 def browser() -> str | None:
-    from .notebook import chromium
-
     return chromium()
 
 
@@ -111,22 +110,21 @@ def rendered(html: Path, chromium: str, timeout: int = 120) -> dict:
     return json.loads(m.group(1).replace("&quot;", '"'))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("notebooks", nargs="?", default="notebooks")
-    ap.add_argument("--out", default="handouts")
-    ap.add_argument("--no-check", action="store_true", help="export only, no Chromium")
-    args = ap.parse_args(argv)
+def write_handouts(notebooks="notebooks", out="handouts", check: bool = True) -> int:
+    """Export every notebook in ``notebooks`` to ``out`` and, with ``check`` and a
+    Chromium, count what it renders against the figures the notebook holds; prints a line
+    per notebook and returns the number of notebooks with a problem
+    (``nas-tutorial handouts``)."""
     import nbformat
 
-    chromium = None if args.no_check else browser()
-    if not args.no_check and chromium is None:
+    chromium = browser() if check else None
+    if check and chromium is None:
         print("handouts: no Chromium to check the exports (apt-get install chromium); "
               "exporting only", file=sys.stderr)
     bad = 0
-    for nb_path in sorted(Path(args.notebooks).glob("*.ipynb")):
+    for nb_path in sorted(Path(notebooks).glob("*.ipynb")):
         nb = nbformat.read(nb_path, 4)
-        html = export(nb_path, Path(args.out))
+        html = export(nb_path, Path(out))
         expected, issues = figure_outputs(nb), problems(nb)
         line = f"{nb_path.name}: {expected} figures and drawings"
         if chromium:
@@ -145,8 +143,4 @@ def main(argv=None) -> int:
             bad += 1
             line += "; " + "; ".join(issues[:3])
         print(f"{line} -> {html}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return bad

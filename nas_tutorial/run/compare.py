@@ -50,16 +50,19 @@ from pathlib import Path
 
 import torch
 
-from . import pc_darts, pnas, spos
-from .checkpoints import write_json
-from .config import TrainConfig, get_preset, preset_name
-from .data import load, resolve_device
-from .flops import count_flops
-from .genotypes import Genotype
-from .network import NetworkCIFAR, count_params
-from .ops import DARTS_OPS
-from .runs import device_label, load_runs
-from .training import evaluate, train
+from ..methods import pc_darts, pnas, spos
+from ..checkpoints import write_json
+from ..config import TrainConfig, get_preset, preset_name
+from ..data import load, resolve_device
+from ..flops import count_flops
+from ..genotypes import Genotype
+from ..network import NetworkCIFAR, count_params
+from ..ops import DARTS_OPS
+from .records import device_label, load_runs
+from .records import record as _record
+from ..training import evaluate, train
+from ..viz.compare import plot_gaps, plot_seed_study, plot_table  # noqa: F401  (cmp.plot_*, as before)
+from ..viz.compare import plot_placement as _plot_placement
 
 COLUMNS = ("method", "architecture", "device", "search_s", "cost", "cost_unit", "evaluated",
            "peak_mem_mb", "params", "flops", "accuracy")
@@ -561,6 +564,46 @@ def equal_budget_draws(search_s: float, retrain_s: float) -> int:
     return 1 + math.floor(search_s / retrain_s)
 
 
+# -- effects over many seeds, judged by the tables' truth ----------------------------------------
+def interval(values, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> dict:
+    """The mean of ``values`` (one per search seed) with a percentile bootstrap interval
+    over the seeds, and whether the interval holds zero (then the data do not tell the sign
+    of the effect). The resampling seed is fixed, so the interval is reproducible."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (resamples, len(v)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"n": int(len(v)), "mean": float(v.mean()), "low": float(lo), "high": float(hi),
+            "level": level, "holds_zero": bool(lo <= 0 <= hi)}
+
+
+def pnas_truth_study(seeds=range(20), config=None, table=None, progress=True) -> dict:
+    """PNAS against random search at an equal number of models, over ``seeds`` (chosen
+    before looking: 0..19 by default), each search through the table oracle (seed s reads
+    one training) and judged by the table's mean over seeds, which no search saw:
+    per seed the truth of each one's best cell and their difference, the mean difference
+    with its 95% interval, and the MLP ensemble's Spearman against the truth on the
+    tabulated cells it had not seen, per level, with its interval."""
+    seeds = list(seeds)
+    results = pnas.study(config, seeds, table=table, progress=progress)
+    rows = []
+    for s, r in zip(seeds, results):
+        summ = pnas.summary(r)
+        rho = r.spearman("random").get(r.config.predictor, {})
+        rows.append({"seed": s, "best_truth": summ["best_truth"],
+                     "random_best_truth": summ["random_best_truth"],
+                     "difference": summ["best_truth"] - summ["random_best_truth"],
+                     "spearman_unseen": {str(b): v for b, v in rho.items()}})
+    levels = sorted({b for row in rows for b in row["spearman_unseen"]})
+    return {"seeds": seeds, "rows": rows,
+            "difference": interval([row["difference"] for row in rows]),
+            "spearman_unseen": {b: interval([row["spearman_unseen"][b] for row in rows])
+                                for b in levels},
+            "predictor": results[0].config.predictor, "models": len(results[0].records())}
+
+
 # -- recorded runs -------------------------------------------------------------------------
 def recorded_rows(kind: str = "compare", root=None) -> list:
     """Rows of recorded comparisons under ``data/runs/`` (newest first), each labelled with
@@ -576,7 +619,6 @@ def recorded_rows(kind: str = "compare", root=None) -> list:
 def record(rows, study=None, device="auto", root=None) -> Path:
     """Record a comparison (the table and, if given, the seed-study summary) under
     ``data/runs/`` with device and date; run it after a ``full`` run on a GPU."""
-    from .runs import record as _record
 
     payload = {"rows": rows}
     if study is not None:
@@ -584,151 +626,20 @@ def record(rows, study=None, device="auto", root=None) -> Path:
     return _record("compare", payload, device=device, root=root)
 
 
-# -- figures (plotly, imported only here) --------------------------------------------------
-_COLORS = {"PC-DARTS": "#1f77b4", "SPOS": "#2ca02c", "PNAS": "#d62728"}
-
-
-def plot_table(rows, recorded=()):
-    """Accuracy after retraining against search wall time: one marker per row, filled for
-    a search, open for its random baseline; recorded runs as diamonds with their device."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for source, rs, symbol in (("this run", rows, "circle"), ("recorded", recorded, "diamond")):
-        for r in rs:
-            base = r["method"].split()[0]
-            baseline = r["method"].endswith("random")
-            fig.add_trace(go.Scatter(
-                x=[max(r["search_s"], 0.01)], y=[r["accuracy"]], mode="markers",
-                name=f"{r['method']} ({source if source == 'this run' else r['device']})",
-                marker=dict(size=13, color=_COLORS.get(base, "gray"),
-                            symbol=symbol + ("-open" if baseline else ""),
-                            line=dict(width=2, color=_COLORS.get(base, "gray"))),
-                hovertemplate=(f"{r['method']}<br>{r['device']}<br>search %{{x:.1f}} s, "
-                               f"{r['cost']} {r['cost_unit']}<br>{r['params']:,} params, "
-                               f"{r['flops']:,} FLOPs<br>accuracy %{{y:.3f}}<extra></extra>")))
-    fig.update_layout(title="Accuracy after retraining vs search cost",
-                      xaxis=dict(title="search wall time (s, log)", type="log"),
-                      yaxis=dict(title="test accuracy"), height=420,
-                      legend=dict(font=dict(size=10)))
-    return fig
-
-
-def plot_seed_study(study):
-    """Left: pairwise agreement of the genotypes found by different seeds (edges and ops);
-    right: the search accuracy of every seed; with and without edge normalization."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(1, 2, subplot_titles=("agreement between seeds (pairs)",
-                                              "accuracy per seed"))
-    for norm, color in ((True, "#1f77b4"), (False, "#ff7f0e")):
-        name = "edge norm on" if norm else "edge norm off"
-        pairs = [p for p in study["pairs"] if p["edge_norm"] == norm]
-        for k, what in enumerate(("edge_fraction", "op_fraction")):
-            fig.add_trace(go.Box(
-                y=[p[what] for p in pairs], x=[("edges", "ops")[k]] * len(pairs), name=name,
-                legendgroup=name, showlegend=k == 0, marker_color=color, boxpoints="all",
-                offsetgroup=name), 1, 1)
-        runs = [r for r in study["runs"] if r["edge_norm"] == norm]
-        fig.add_trace(go.Scatter(
-            x=[r["seed"] for r in runs], y=[r["accuracy"] for r in runs], mode="markers+lines",
-            name=name, legendgroup=name, showlegend=False, marker=dict(size=10, color=color)),
-            1, 2)
-    fig.update_layout(boxmode="group", height=380, title="PC-DARTS over seeds")
-    fig.update_yaxes(title_text="fraction of pairs that agree", range=[0, 1.05], row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", row=1, col=2)
-    fig.update_xaxes(title_text="seed", dtick=1, row=1, col=2)
-    return fig
-
-
-def plot_gaps(methods: dict, title="each search minus its random baseline at equal budget"):
-    """One column per method: the gap (search minus its equal-budget random baseline) of
-    every search seed as a dot, their mean as a bar, and a gray band of +-1 seed SD of one
-    training where the method's table gives it (a gap inside the band is noise).
-    ``methods``: ``{name: {"gaps": [...], "seeds": [...], "noise": sd or None, "what": hover
-    text}}`` (``seeds`` labels the dots; default 0, 1, ...)."""
-    import numpy as np
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    names = list(methods)
-    for i, name in enumerate(names):
-        m = methods[name]
-        color = _COLORS.get(name, "gray")
-        if m.get("noise"):
-            fig.add_shape(type="rect", x0=i - 0.4, x1=i + 0.4, y0=-m["noise"], y1=m["noise"],
-                          fillcolor="#999999", opacity=0.2, line_width=0)
-        fig.add_trace(go.Bar(x=[name], y=[float(np.mean(m["gaps"]))], name=name,
-                             marker_color=color, opacity=0.45, showlegend=False,
-                             hovertemplate=f"{name}: mean gap %{{y:+.4f}}<extra></extra>"))
-        fig.add_trace(go.Scatter(
-            x=[name] * len(m["gaps"]), y=m["gaps"], mode="markers", showlegend=False,
-            marker=dict(size=10, color=color, line=dict(width=1, color="white")),
-            text=[f"seed {k}" for k in m.get("seeds", range(len(m["gaps"])))],
-            hovertemplate="%{text}: %{y:+.4f}<br>" + m.get("what", "") + "<extra></extra>"))
-    fig.add_hline(y=0, line_color="#444444")
-    fig.update_layout(title=title, height=380, yaxis_title="accuracy gap (search - random)",
-                      margin=dict(l=60, r=20, t=60, b=40))
-    return fig
-
-
+# -- figures: in nas_tutorial.viz.compare --------------------------------------------------
 def plot_placement(table, groups: dict, best_of: int | None = None,
                    title="found cells among the table's random cells"):
-    """Where found cells land among the table's random cells, on one accuracy axis: every
-    single training of a random cell (gray strip, its median dashed), random search with
-    ``best_of`` cells at an equal budget (:func:`random_search`: 5-95% band, mean line),
-    and one marker per search seed for each entry of ``groups`` (``{label: [{"seed",
-    "retrain_accuracy", "reference_percentile"}, ...]}``), with the group's mean."""
-    import numpy as np
-    import plotly.graph_objects as go
-
-    ref = table.trainings()
-    fig = go.Figure()
-    rows = list(groups) + ["random cells"]
-    fig.add_trace(go.Scatter(
-        x=ref, y=["random cells"] * len(ref), mode="markers", name="random cell (one training)",
-        marker=dict(color="#888888", size=9, opacity=0.5, symbol="line-ns-open",
-                    line=dict(width=2)),
-        hovertemplate="random cell: %{x:.4f}<extra></extra>"))
-    median = float(np.median(ref))
-    fig.add_vline(x=median, line_dash="dash", line_color="#666666",
-                  annotation_text=f"random median {median:.3f}", annotation_position="top")
-    if best_of:
-        b = random_search(table, best_of)
-        fig.add_vrect(x0=b["q5"], x1=b["q95"], fillcolor="#ff7f0e", opacity=0.12, line_width=0)
-        fig.add_vline(x=b["mean"], line_color="#ff7f0e")
-        # named in the legend: an annotation at the axis's foot collides with its tick labels
-        fig.add_trace(go.Scatter(
-            x=[None], y=[None], mode="lines", line=dict(color="#ff7f0e", width=2),
-            name=f"random search, best of {best_of} (equal budget): mean {b['mean']:.3f}, "
-                 "band 5-95%"))
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    for i, (label, runs) in enumerate(groups.items()):
-        acc = [r["retrain_accuracy"] for r in runs]
-        fig.add_trace(go.Scatter(
-            x=acc, y=[label] * len(acc), mode="markers", name=label,
-            marker=dict(size=12, color=palette[i % len(palette)]),
-            text=[f"seed {r['seed']}: {r['reference_percentile']:.0f}th percentile"
-                  for r in runs],
-            hovertemplate="%{text}<br>accuracy %{x:.4f}<extra></extra>"))
-        fig.add_trace(go.Scatter(
-            x=[float(np.mean(acc))], y=[label], mode="markers", showlegend=False,
-            marker=dict(size=18, color=palette[i % len(palette)], symbol="line-ns",
-                        line=dict(width=3, color=palette[i % len(palette)])),
-            hovertemplate=f"{label}: mean %{{x:.4f}}<extra></extra>"))
-    # the legend goes under the axis: beside it, it and the group labels squeeze the axis
-    fig.update_layout(title=title, height=230 + 45 * len(rows), xaxis_title="test accuracy "
-                      "after retraining (the table's protocol)",
-                      yaxis=dict(categoryorder="array", categoryarray=rows[::-1]),
-                      margin=dict(l=150, r=20, t=60, b=110),
-                      legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.35))
-    return fig
+    """Where found cells land among the table's random cells
+    (:func:`nas_tutorial.viz.compare.plot_placement`), with random search over ``best_of``
+    cells at an equal budget (:func:`random_search`) as the baseline when given."""
+    baseline = random_search(table, best_of) if best_of else None
+    return _plot_placement(table, groups, baseline, title)
 
 
 __all__ = ["COLUMNS", "CompareConfig", "get_config", "random_genotype", "genotype_agreement",
            "describe", "PeakMemory", "Candidate", "run_pc_darts", "run_spos", "run_pnas",
            "build", "cell_network", "retrain", "retrain_data", "compare", "format_table",
            "seed_study", "summarize_seed_study", "best_of_n", "random_search",
-           "equal_budget_draws", "recorded_rows", "record", "plot_table", "plot_seed_study",
+           "equal_budget_draws", "interval", "pnas_truth_study", "recorded_rows", "record",
+           "plot_table", "plot_seed_study",
            "plot_placement", "plot_gaps"]
