@@ -86,10 +86,11 @@ def preset_name(name: str | None = None, device="auto") -> str:
 
 def select(presets: dict, name: str, overrides: dict):
     """The one rule of every method's ``get_config``: the preset ``name``'s config, each
-    override that is not None replacing its field (None means "not given", as a flag left
-    out), an unknown field refused in one line naming it."""
+    override replacing its field (None too: ``image_size=None`` is the native size), an
+    unknown field refused in one line naming it. The command line drops the flags not given
+    before it calls (``nas_tutorial.run.searches.get_config``)."""
     base = presets[name]
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = dict(overrides)
     known = [f.name for f in fields(base)]
     unknown = sorted(set(given) - set(known))
     if unknown:

@@ -380,3 +380,23 @@ def test_a_search_step_is_timed_by_the_library():
 
     row = measure.search_step(4, C=4, layers=3, batch=2, image_size=8, steps=1, device="cpu")
     assert row["k"] == 4 and row["step_s"] > 0 and row["cpu_s"] > 0 and row["params"] > 0
+
+
+def test_a_dataset_flag_keeps_its_native_size(monkeypatch, tmp_path):
+    """`--dataset synthetic` on the quick preset searches at the data's own size: the
+    flag's image_size=None is set on purpose, not dropped as a flag left out."""
+    from nas_tutorial.methods import pc_darts
+
+    seen = {}
+
+    def capture(config, **kw):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pc_darts, "search", capture)
+    assert main(["search", "pc-darts", "--preset", "quick", "--dataset", "synthetic",
+                 "--out", str(tmp_path / "r")]) == 130
+    assert seen["config"].dataset == "synthetic" and seen["config"].image_size is None
+    assert main(["search", "pc-darts", "--preset", "quick", "--dataset", "digits",
+                 "--out", str(tmp_path / "r")]) == 130
+    assert seen["config"].image_size == 16

@@ -164,7 +164,7 @@ PNAS_PRESETS = {
 
 
 def get_config(preset: str | None = None, **overrides) -> PNASConfig:
-    """The preset's config (``nt.get_preset`` picks the name) with non-None overrides."""
+    """The preset's config (``nt.get_preset`` picks the name) with field overrides."""
     return select(PNAS_PRESETS, preset_name(preset), overrides)
 
 

@@ -171,7 +171,7 @@ PRESETS = {
     # one fitness cache in 13 / 12 / 13 of 15 (supernet, search seed) pairs; Kendall tau
     # against the spos table stays near 0 at every length (the table cannot rank these
     # paths: ranking_ceiling). Notebook 04 loads the supernet ``search spos`` wrote instead of training it
-    # (:func:`load_supernet`). A path trained stand-alone (the spos table) gets the
+    # (:func:`nas_tutorial.run.records.load_supernet`). A path trained stand-alone (the spos table) gets the
     # supernet's optimizer for ``ranking_epochs`` = 8 epochs, cosine to zero, and is scored
     # on all 10,000 held-out images: measured on one path, held-out accuracy 0.69 / 0.76 /
     # 0.80 after epochs 1 / 5 / 8 (flat over the last two); seeds 0 and 1 end 0.006 apart.
@@ -250,7 +250,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
     ``p.grad = None`` for every parameter whose gradient sums to zero before its SGD step.
     ``checkpoint`` (a file) is written after every epoch and resumed from when it exists;
     once training is finished it keeps only the weights, the history and the settings (the
-    optimizer state is of no further use), which is what :func:`load_supernet` reads.
+    optimizer state is of no further use), which is what :func:`nas_tutorial.run.records.load_supernet` reads.
     A NaN/Inf in the loss or the weights (checked once per epoch, from a flag kept on the
     device) raises :class:`~nas_tutorial.training.Diverged` before that epoch's checkpoint
     is written: the previous one stays, and no search runs on a broken supernet.

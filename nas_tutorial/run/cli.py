@@ -5,7 +5,7 @@ unusable run folder or checkpoint, a diverged search, out of memory, a dataset t
 be loaded) ends with exit code 2 and one line, ``nas-tutorial: error: ...``, saying what was
 wrong and what to do; ``--debug`` adds the traceback. Anything else is a bug and keeps its
 traceback. Inputs and run folders are checked before any work starts (see
-:mod:`nas_tutorial.runfolders`); an interrupted search resumes with ``--resume DIR``.
+:mod:`nas_tutorial.run.folders`); an interrupted search resumes with ``--resume DIR``.
 
 Under ``torchrun --nproc_per_node=N -m nas_tutorial.run.cli train|search ...`` every process
 runs the same command data-parallel (:mod:`nas_tutorial.distributed`); rank 0 alone prints

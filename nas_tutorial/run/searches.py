@@ -42,10 +42,12 @@ SUMMARY_KEYS = ("method", "preset", "seed", "device", "torch", "machine", "proce
 
 
 # -- one config rule ---------------------------------------------------------------------------
-def get_config(method: str, preset: str | None = None, **overrides):
-    """The config of ``method`` (pc-darts, darts, spos, pnas) for ``preset``, with every
-    override that is not None. Each method's own ``get_config`` applies the same rule
-    (:func:`nas_tutorial.config.select`)."""
+def get_config(method: str, preset: str | None = None, given=(), **overrides):
+    """The config of ``method`` (pc-darts, darts, spos, pnas) for ``preset``, with the
+    overrides of the flags given: a None is a flag left out and dropped, except for the
+    fields named in ``given`` (set on purpose, e.g. ``image_size=None``: native size). Each
+    method's own ``get_config`` then applies :func:`nas_tutorial.config.select`."""
+    overrides = {k: v for k, v in overrides.items() if v is not None or k in given}
     if method in ("pc-darts", "darts"):
         return pc_darts.get_config(method, preset, **overrides)
     if method == "spos":
@@ -204,7 +206,7 @@ def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unro
             small = dataset == "digits" or (dataset == "fashion_mnist"
                                             and pc_darts.data_preset(preset) == "quick")
             overrides.update(dataset=dataset, image_size=16 if small else None)
-        config = get_config(method, preset, **overrides)
+        config = get_config(method, preset, given=("image_size",), **overrides)
         run_dir, state = _folder(method, out, None, overwrite,
                                  f"runs/{method}-{preset}-seed{config.seed}")
     device = resolve_device(device)

@@ -1,6 +1,6 @@
 """Handouts: the notebooks as self-contained HTML, and a check of what a reader sees.
 
-``make html`` runs ``python -m nas_tutorial.handouts``: every notebook of ``notebooks/`` is
+``make html`` runs ``nas-tutorial handouts``: every notebook of ``notebooks/`` is
 exported with nbconvert to ``handouts/NAME.html`` (images inline, no kernel, no network),
 then opened in headless Chromium (Debian's ``chromium``), which counts the figures and
 drawings it actually rendered: ``<img>`` elements that decoded to a picture and inline SVG
