@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -67,6 +68,15 @@ def save(obj, path) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
+# A field only each method's config has: a checkpoint of another method is named as such.
+_MARKS = {"pc-darts": "k", "spos": "supernet", "pnas": "beam"}
+_MARKS["darts"] = _MARKS["pc-darts"]
+# What the checked keys hold (a hand-edited or foreign file fails here, in one line).
+_KINDS = {"epoch": (int, "an epoch count"), "model": (Mapping, "a state dict"),
+          "history": (dict, "a history"),
+          "children": (dict, "a mapping from cells to accuracies")}
+
+
 def read_checkpoint(folder, method: str) -> dict:
     """``method``'s checkpoint in ``folder``, read and checked: a readable file of the
     method's format holding its keys; the method's other state files must parse. Raises
@@ -96,6 +106,18 @@ def read_checkpoint(folder, method: str) -> dict:
     if not isinstance(state["config"], dict):
         raise RunFolderError(f"{path} is not a {method} checkpoint: its config is not a "
                              f"mapping; start a new run with --out")
+    other = next((m for m, f in _MARKS.items() if f in state["config"]), None)
+    if other is not None and _MARKS.get(method) not in state["config"]:
+        raise RunFolderError(f"{path} holds a {other} checkpoint, not a {method} one (a "
+                             f"renamed file?); start a new run with --out")
+    for k in keys:
+        kind, what = _KINDS.get(k, (object, ""))
+        v = state[k]
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (
+                k == "epoch" and v < 0) or (k == "children" and not all(
+                isinstance(a, (int, float)) for a in v.values())):
+            raise RunFolderError(f"{path} is damaged: its {k} is {type(v).__name__} "
+                                 f"{str(v)[:40]!r}, not {what}; start a new run with --out")
     for other in extra:
         p = Path(folder) / other
         if p.exists():
@@ -125,7 +147,23 @@ def capture(parts: dict, **extra) -> dict:
     return {**{k: v.state_dict() for k, v in parts.items()}, **extra}
 
 
-def restore(state: dict, parts: dict) -> None:
-    """Load :func:`capture`'s state back into ``parts``, key by key."""
+def restore(state: dict, parts: dict, where=None) -> None:
+    """Load :func:`capture`'s state back into ``parts``, key by key; a state that does not
+    fit (saved by another version of the code, or hand-edited) is one line naming
+    ``where``."""
     for k, v in parts.items():
-        v.load_state_dict(state[k])
+        load_into(v, state[k], where, k)
+
+
+def load_into(part, state, where=None, name: str = "model") -> None:
+    """``part.load_state_dict(state)``, or a :class:`RunFolderError` naming ``where`` and
+    the first mismatch when the saved state does not fit the code's."""
+    try:
+        part.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+        # torch's first line only names the class ("Error(s) in loading state_dict for X:")
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else lines[0]
+        raise RunFolderError(f"{where or 'the checkpoint'} holds a {name} this code cannot "
+                             f"load ({first[:160]}); it was saved by another version or with "
+                             f"other settings: start a new run with --out") from None

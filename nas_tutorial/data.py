@@ -255,6 +255,8 @@ def load(name: str, train: bool = True, root=None, size: int | None = None,
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    _check_count("n", n)
+    _check_count("size", size)
     # Under torchrun, each machine's first process loads (and downloads) first, the others
     # read what it wrote: N processes writing one archive at once could corrupt it.
     later = distributed.active() and os.environ.get("LOCAL_RANK", "0") != "0"
@@ -284,6 +286,14 @@ def _load(name, train, root, size, download, n) -> ImageDataset:
     return ds
 
 
+def _check_count(name: str, value) -> None:
+    """A count argument (images, pixels): None, or a whole number of at least 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError(f"{name} must be a whole number of at least 1 (or None), got "
+                         f"{value!r}")
+
+
 def holdout(ds: ImageDataset, valid: int, train: int | None = None, seed: int = 0):
     """``(train, valid)`` parts of a training set with exact sizes: ``valid`` images held
     out for measuring (the search's validation accuracy), then ``train`` of the rest (all
@@ -300,6 +310,12 @@ def holdout(ds: ImageDataset, valid: int, train: int | None = None, seed: int = 
 def split(ds: ImageDataset, fraction: float = 0.5, seed: int = 0):
     """Two disjoint halves for bilevel search (DARTS Sec. 2.3: weights on one, alphas on
     the other); ``fraction`` goes to the first. Fixed by ``seed``."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):  # NaN fails it too
+        raise ValueError(f"fraction must be between 0 and 1 (both parts non-empty), got "
+                         f"{fraction!r}")
+    if not 0 < int(len(ds) * fraction) < len(ds):
+        raise ValueError(f"fraction {fraction} of {len(ds)} images leaves one part empty; "
+                         f"use more images or a fraction nearer 0.5")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=g).to(ds.images.device)
     k = int(len(ds) * fraction)

@@ -22,6 +22,7 @@ from .ops import OPS
 
 
 MAX_JSON_DEPTH = 16  # a genotype is 3 levels deep, 4 inside a run summary
+MAX_NODES = 32       # per cell; DARTS cells have 4 nodes, PNAS cells 5 blocks
 
 
 def json_depth(text: str) -> int:
@@ -98,6 +99,9 @@ class Genotype:
         allowed = set(ops if ops is not None else OPS) - {"none"}
         for cell in ("normal", "reduce"):
             pairs, concat = getattr(self, cell), getattr(self, cell + "_concat")
+            if len(pairs) > 2 * MAX_NODES:  # refused before any network is built from it
+                raise GenotypeError(f"{cell} cell has {len(pairs) // 2:,} nodes; at most "
+                                    f"{MAX_NODES} (DARTS cells have 4, PNAS cells 5 blocks)")
             if not pairs or len(pairs) % 2:
                 raise GenotypeError(f"{cell} cell needs an even, non-zero number of (op, input) "
                                     f"pairs (two per node), got {len(pairs)}")
@@ -141,7 +145,9 @@ class Genotype:
     def from_dict(cls, d: dict) -> "Genotype":
         if not isinstance(d, dict):
             raise GenotypeError("a genotype must be a JSON object with keys normal, "
-                                "normal_concat, reduce, reduce_concat")
+                                "normal_concat and, for a reduction cell of its own, reduce, "
+                                "reduce_concat (without them the normal cell is reused, as "
+                                "PNAS does)")
         if "genotype" in d and isinstance(d["genotype"], dict):  # a run summary
             d = d["genotype"]
         missing = [k for k in ("normal", "normal_concat") if k not in d]

@@ -201,13 +201,29 @@ def load(method: str, preset: str = "quick", path=None) -> Table:
         raise FileNotFoundError(f"no {method} table at {path}; make it with "
                                 f"`nas-tutorial table {method} --preset {preset}`")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise TableError(f"{path} is not a table (bad JSON: {e.msg} at line {e.lineno})")
-    if d.get("method") != method or "rows" not in d:
-        raise TableError(f"{path} is not a {method} table")
+        raise TableError(f"{path} is not a table (bad JSON: {e.msg}, line {e.lineno} column {e.colno})")
+    except UnicodeDecodeError:
+        raise TableError(f"{path} is not a table (not UTF-8 text)") from None
+    if not _is_table(d, method):
+        raise TableError(f"{path} is not a {method} table; name a table file, or make one "
+                         f"with `nas-tutorial table {method} --out {path.name}`")
     header = {k: v for k, v in d.items() if k not in ("method", "rows", "stats")}
     return Table(method, header, d["rows"])
+
+
+def _is_table(d, method: str) -> bool:
+    """A table's layout: the method, a header with its seeds, rows with a key, an
+    architecture and a list of accuracies."""
+    if not isinstance(d, dict) or d.get("method") != method or not isinstance(d.get("rows"), list):
+        return False
+    if not isinstance(d.get("seeds", []), list):
+        return False
+    return all(isinstance(r, dict) and isinstance(r.get("key"), str) and "arch" in r
+               and isinstance(r.get("accuracy", []), list)
+               and all(isinstance(a, (int, float)) for a in r.get("accuracy", []))
+               for r in d["rows"])
 
 
 def find(method: str, protocol: dict, tables=None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .genotypes import Genotype
+from .genotypes import Genotype, resolve
 from .ops import OPS, FactorizedReduce, ReLUConvBN, is_identity
 
 
@@ -93,9 +93,10 @@ class NetworkCIFAR(nn.Module):
     otherwise ``logits``. Set ``drop_path_prob`` (the training loop ramps it per epoch).
     """
 
-    def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int,
+    def __init__(self, genotype: Genotype | str, C: int, num_classes: int, layers: int,
                  auxiliary: bool = False, in_channels: int = 3, drop_path: float = 0.0):
         super().__init__()
+        genotype = resolve(genotype)  # a published name ("DARTS_V2") or a JSON file too
         if C < 1 or layers < 1 or num_classes < 1:
             raise ValueError(f"C, layers and num_classes must be positive (got C={C}, "
                              f"layers={layers}, num_classes={num_classes})")

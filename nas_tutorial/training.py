@@ -66,8 +66,8 @@ def diverged(what: str, epoch: int, nonfinite: str, kept=None, hint: str = "a lo
     what held it ("loss", "weights"); ``kept``: the last good checkpoint (None: none)."""
     where = (f"the last good checkpoint ({kept}) is kept" if kept is not None
              else "no checkpoint was kept")
-    e = cls(f"{what} diverged in epoch {epoch}: NaN/Inf in the {nonfinite}; {where}; "
-            f"try {hint}")
+    when = f" in epoch {epoch}" if epoch is not None else ""  # a fit has no epochs
+    e = cls(f"{what} diverged{when}: NaN/Inf in the {nonfinite}; {where}; try {hint}")
     e.what, e.epoch, e.nonfinite, e.kept, e.hint = what, epoch, nonfinite, kept, hint
     return e
 
@@ -129,6 +129,8 @@ def evaluate(model: nn.Module, data, device="auto", batch_size: int = 512,
     evaluates where the model's weights are, a named device moves the model there first;
     the data goes to that device and the images to the model's dtype.
     """
+    if len(data) == 0:
+        raise ValueError("data holds no images: nothing to evaluate")
     device = model_device(model, device)
     dtype = model_dtype(model)
     loader = data if isinstance(data, DeviceLoader) else DeviceLoader(
@@ -171,6 +173,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, valid=None,
         data, valid = data
     if not isinstance(data, ImageDataset):
         raise TypeError("data must be an ImageDataset or a (train, valid) pair of them")
+    if len(data) == 0 or (valid is not None and len(valid) == 0):
+        raise ValueError(f"{'data' if len(data) == 0 else 'valid'} holds no images: nothing "
+                         f"to train on or measure with")
     device = model_device(model, device)
     dtype = model_dtype(model)
     cuda = device.type == "cuda"

@@ -400,3 +400,27 @@ def test_a_dataset_flag_keeps_its_native_size(monkeypatch, tmp_path):
     assert main(["search", "pc-darts", "--preset", "quick", "--dataset", "digits",
                  "--out", str(tmp_path / "r")]) == 130
     assert seen["config"].image_size == 16
+
+
+# -- issue 29: genotype files the CLI must answer at once -------------------------------------
+def test_a_cell_of_thousands_of_nodes_is_refused_at_once(capsys, tmp_path):
+    import time
+
+    pairs = [["sep_conv_3x3", 0], ["skip_connect", 1]] * 3000
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"normal": pairs, "normal_concat": [2, 3]}))
+    t0 = time.perf_counter()
+    code, _, err = run(capsys, "info", str(path))
+    assert code == 2 and time.perf_counter() - t0 < 10  # it hung for over 60 s
+    assert err.count("\n") == 1 and "normal cell has 3,000 nodes; at most 32" in err
+
+
+def test_info_says_when_the_normal_cell_is_reused_for_reduction(capsys, tmp_path):
+    path = tmp_path / "pnas_cell.json"
+    g = nt.GENOTYPES["PNASNET_5"]
+    path.write_text(json.dumps({"normal": [list(p) for p in g.normal],
+                                "normal_concat": list(g.normal_concat)}))
+    code, out, _ = run(capsys, "info", str(path), "--channels", "8", "--layers", "5")
+    assert code == 0 and "one cell for both roles" in out
+    code, out, _ = run(capsys, "info", "DARTS_V2", "--channels", "8", "--layers", "5")
+    assert code == 0 and "one cell for both roles" not in out

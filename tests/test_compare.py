@@ -283,3 +283,45 @@ def test_pnas_is_judged_against_random_by_the_table_truth():
         assert row["difference"] == pytest.approx(row["best_truth"] - row["random_best_truth"])
         assert min(table.accuracy(r["key"]) for r in table.rows) <= row["best_truth"]
     assert study["difference"]["n"] == 2 and set(study["spearman_unseen"]) == {"2", "3"}
+
+
+def test_the_intervals_figure_greys_the_effects_that_hold_zero():
+    fig = cmp.plot_intervals({"A": {"mean": 0.01, "low": 0.004, "high": 0.02, "n": 20},
+                              "B": {"mean": 0.001, "low": -0.003, "high": 0.004, "n": 20}})
+    by_label = {t.y[0]: t for t in fig.data}
+    assert set(by_label) == {"A", "B"}
+    assert by_label["B"].marker.color == "#888888" != by_label["A"].marker.color
+    assert list(by_label["A"].error_x.array) == [pytest.approx(0.01)]
+
+
+def test_the_spos_study_judges_both_searches_by_trainings_they_did_not_see(tmp_path):
+    """Each search seed's two picks are judged by the mean of their stand-alone trainings;
+    a pick two seeds share is trained once, and a stopped study resumes from its cache."""
+    from dataclasses import replace
+
+    from nas_tutorial import spos
+
+    tiny = replace(spos.QUICK, name="tiny", stage_repeats=(1, 2, 1), stage_channels=(16, 24, 32),
+                   stem_channels=8, last_channels=32, image_size=8)
+    cfg = replace(spos.PRESETS["quick"], supernet=tiny, population=4, generations=2, topk=2,
+                  n_mutation=2, n_crossover=2, flops_limit=None)
+    calls = []
+
+    def train_path(path, seed):
+        calls.append((tuple(path), seed))
+        return 0.5 + 0.01 * sum(path) + 0.001 * seed
+
+    fitness = lambda path: 0.1 * sum(path) - 0.3 * path[0]  # noqa: E731  (not the truth)
+    cache = tmp_path / "picks.json"
+    study = cmp.spos_truth_study(fitness, cfg, train_path, seeds=range(3), train_seeds=2,
+                                 cache=cache, progress=False)
+    picks = {tuple(r[k]) for r in study["rows"] for k in ("evolution_path", "random_path")}
+    assert sorted(calls) == sorted((p, s) for p in picks for s in range(2))  # each pick once
+    for r in study["rows"]:
+        truth = 0.5 + 0.01 * sum(r["evolution_path"]) + 0.0005
+        assert r["best_truth"] == pytest.approx(truth)
+        assert r["difference"] == pytest.approx(r["best_truth"] - r["random_best_truth"])
+    assert study["difference"]["n"] == 3 and study["evaluations"] == 8
+    again = cmp.spos_truth_study(fitness, cfg, train_path, seeds=range(3), train_seeds=2,
+                                 cache=cache, progress=False)
+    assert len(calls) == 2 * len(picks) and again["rows"] == study["rows"]

@@ -208,3 +208,27 @@ def test_installed_fashion_mnist_is_the_real_set():
     test = nt.data.load("fashion_mnist", train=False)
     assert len(train) == 60000 and len(test) == 10000 and train.shape == (1, 16, 16)
     assert train.labels.bincount().tolist() == [6000] * 10
+
+
+# -- issue 29: API arguments are checked where they are given ---------------------------------
+@pytest.mark.parametrize("call, words", [
+    (lambda: nt.data.load("digits", n=-5), "n must be a whole number of at least 1"),
+    (lambda: nt.data.load("digits", n=0), "n must be"),
+    (lambda: nt.data.load("digits", n=2.5), "n must be"),
+    (lambda: nt.data.load("digits", size=0), "size must be a whole number"),
+    (lambda: nt.data.split(nt.data.synthetic(10, (1, 4, 4)), 1.5), "fraction must be between 0 and 1"),
+    (lambda: nt.data.split(nt.data.synthetic(10, (1, 4, 4)), float("nan")), "fraction must be"),
+    (lambda: nt.data.split(nt.data.synthetic(10, (1, 4, 4)), 0.01), "leaves one part empty"),
+])
+def test_bad_data_arguments_are_value_errors_naming_the_argument(call, words):
+    with pytest.raises(ValueError, match=words):
+        call()
+
+
+def test_evaluating_or_training_on_no_images_says_so():
+    net = nt.network.NetworkCIFAR("DARTS_V2", 8, 10, 2, in_channels=1)  # a name is accepted
+    empty = nt.data.synthetic(4, (1, 8, 8)).subset(torch.arange(0))
+    with pytest.raises(ValueError, match="data holds no images"):
+        nt.training.evaluate(net, empty)
+    with pytest.raises(ValueError, match="data holds no images"):
+        nt.training.train(net, empty, nt.TrainConfig(epochs=1), progress=False)

@@ -311,6 +311,7 @@ def test_resuming_a_2_process_run_in_one_process_is_refused_in_one_line(run, tmp
     out, _ = run
     folder = tmp_path / "run"
     shutil.copytree(out / "resume-run", folder)
+    (folder / "summary.json").unlink(missing_ok=True)  # as if killed: a finished run says so
     before = sorted(p.name for p in folder.iterdir())
     assert cli_main(["search", "pc-darts", "--resume", str(folder), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()

@@ -9,6 +9,7 @@ import re
 import zlib
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import nas_tutorial as nt
@@ -447,3 +448,27 @@ def test_ctrl_c_stops_the_children_in_flight(monkeypatch):
         trainer(cells)
     assert time.perf_counter() - t0 < 5 and stopped and stopped[0] < 5
     assert not training.STOP.is_set()
+
+
+@pytest.mark.parametrize("kind", pnas.PREDICTORS)
+def test_a_diverging_surrogate_stops_the_search_before_it_ranks_anything(kind, tmp_path,
+                                                                          monkeypatch):
+    """Issue 29: a fit at an absurd learning rate gave NaN predictions that ranked the
+    children (a different best cell, exit 0, bare NaN in cells.json). It stops in one line,
+    naming the surrogate and the kept checkpoint, before any child is chosen by a NaN. (The
+    MLP ensemble reaches NaN at this lr for real; the LSTM's gates saturate instead, so its
+    NaN is planted.)"""
+    if kind == "lstm":
+        monkeypatch.setattr(pnas.Surrogate, "predict", lambda self, cells: np.full(len(cells),
+                                                                                 np.nan))
+    out, trainer = tmp_path / "run", FakeTrainer()
+    with pytest.raises(nt.training.Diverged) as caught:
+        pnas.search(tiny(predictor=kind, fit_lr=1e12, compare_predictors=False),
+                    train_fn=trainer, run_dir=out, progress=False)
+    message = str(caught.value)
+    ones = len(pnas.one_block_cells(TWO_OPS))
+    assert "\n" not in message
+    assert message.startswith(f"the {kind} surrogate (fit_lr 1e+12) diverged: NaN/Inf in the "
+                              f"predictions; the last good checkpoint ({ones} children, ")
+    assert message.endswith("try a lower fit_lr")
+    assert len(trainer.trained) == ones  # the one-block cells only: none ranked by a NaN

@@ -370,3 +370,150 @@ def test_pnas_resume_takes_the_saved_settings(tmp_path, no_work):
     (cfg,) = call["args"]
     assert (cfg.blocks, cfg.beam, cfg.seed) == (2, 3, 4)
     assert call["resume"]["children"] == {} and call["run_dir"] == run_dir  # read once
+
+
+# -- issue 29: one process per run folder, finished runs, folders the OS refuses ------------
+_HOLDER = """
+import sys, time
+from nas_tutorial.run.folders import claim
+held = claim(sys.argv[1], sys.argv[2])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold(target, kind="folder"):
+    """A second process that claims ``target`` and keeps it until killed."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target), kind],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_a_folder_another_process_is_running_in_is_refused_at_once(verb, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _hold(out)
+    try:
+        line = refused(capsys, VERBS[verb] + ["--preset", "quick", "--out", str(out)],
+                       f"in use by process {holder.pid}", "choose another --out")
+        assert "since" in line
+        assert os.listdir(out) == [".lock"]  # nothing written beside the holder's lock
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_resume_into_a_running_folder_is_refused_naming_the_process(tmp_path, capsys):
+    run_dir = _spos_checkpoint(tmp_path / "run")
+    holder = _hold(run_dir)
+    try:
+        refused(capsys, ["search", "spos", "--resume", str(run_dir)],
+                f"in use by process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _hold(out)
+    holder.kill()  # SIGKILL: no chance to release its lock
+    holder.wait()
+    assert (out / ".lock").is_file()
+    with pytest.raises(Started):
+        main(["search", "pnas", "--preset", "quick", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert f"locked by process {holder.pid}" in err and "ended without releasing it" in err
+    assert os.listdir(out) == []  # released (the folder the killed run made stays)
+
+
+def test_the_claim_is_released_however_the_search_ends(tmp_path, capsys):
+    out = tmp_path / "run"
+    for _ in range(2):  # the second start would be refused if the first kept its lock
+        with pytest.raises(Started):
+            main(["search", "pc-darts", "--preset", "quick", "--out", str(out)])
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Started):
+        main(["search", "spos", "--preset", "quick", "--out", str(out)])
+    assert os.listdir(out) == ["notes.txt"]  # a folder it did not make stays, lock gone
+
+
+def test_a_table_file_another_process_is_making_is_refused(tmp_path, capsys):
+    table = tmp_path / "t.json"
+    holder = _hold(table, "file")
+    try:
+        refused(capsys, ["table", "pnas", "--out", str(table)], "the table", "in use by",
+                str(holder.pid))
+        assert not table.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_a_folder_the_os_will_not_create_is_one_line_before_any_work(verb, capsys):
+    refused(capsys, VERBS[verb] + ["--preset", "quick", "--out", "/proc/nas-tutorial-test"],
+            "cannot create /proc/nas-tutorial-test", "choose another --out")
+
+
+@pytest.mark.parametrize("method", MAKERS)
+def test_resuming_a_finished_run_says_so_and_changes_nothing(method, tmp_path, capsys):
+    run_dir = MAKERS[method](tmp_path / "run")
+    (run_dir / "summary.json").write_text(json.dumps({"results": {}}))
+    before = snapshot(tmp_path)
+    code, out, err = run(capsys, *SEARCHES[method], "--resume", str(run_dir))
+    assert code == 0 and not err and len(out.strip().splitlines()) == 1
+    assert "has finished" in out and str(run_dir / "summary.json") in out
+    assert snapshot(tmp_path) == before
+
+
+def test_ctrl_c_names_the_folder_to_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+
+    def interrupted(config, out=None, **kw):
+        torch.save({}, Path(out) / "checkpoint.pt")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pc, "search", interrupted)
+    code, _, err = run(capsys, "search", "pc-darts", "--preset", "quick", "--out", str(out))
+    assert code == 130
+    assert f"continue it with `nas-tutorial search pc-darts --resume {out}`" in err
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("method,field,value,words", [
+    ("pc-darts", "epoch", "three", "its epoch is str 'three', not an epoch count"),
+    ("pc-darts", "epoch", -1, "its epoch is int"),
+    ("pc-darts", "model", [1, 2], "its model is list"),
+    ("spos", "history", "x", "its history is str"),
+    ("pnas", "children", "x", "its children is str"),
+    ("pnas", "children", {"cell": "high"}, "its children is dict"),
+])
+def test_a_checkpoint_with_a_field_of_the_wrong_kind_is_one_line(method, field, value, words,
+                                                                  tmp_path, capsys):
+    run_dir = MAKERS[method](tmp_path / "run")
+    name = runfolders.CHECKPOINTS[method][0]
+    if method == "pnas":
+        d = json.loads((run_dir / name).read_text())
+        d[field] = value
+        (run_dir / name).write_text(json.dumps(d))
+    else:
+        state = torch.load(run_dir / name, weights_only=False)
+        state[field] = value
+        torch.save(state, run_dir / name)
+    before = snapshot(tmp_path)
+    refused(capsys, SEARCHES[method] + ["--resume", str(run_dir)], str(run_dir / name),
+            "is damaged", words, "start a new run")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_of_another_method_under_the_name_is_named_so(tmp_path, capsys):
+    run_dir = _pc_checkpoint(tmp_path / "run")
+    (run_dir / "checkpoint.pt").rename(run_dir / "supernet.pt")
+    refused(capsys, ["search", "spos", "--resume", str(run_dir)],
+            "holds a pc-darts checkpoint, not a spos one")

@@ -310,9 +310,18 @@ def test_cli_search_writes_the_run_folder_and_resumes(tmp_path, monkeypatch, cap
     assert summary["random_best"] == max(e["fitness"] for e in evaluated["random"])
     assert summary["paths_ranked"] == 0 and summary["kendall_tau"] is None  # no table here
     assert summary["sampling"] == "window"
+    # issue 29: a finished run says so in one line and changes nothing
+    done = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["search", "spos", "--resume", str(out)]) == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and "has finished" in said[0] and "summary.json" in said[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == done
+    (out / "summary.json").unlink()  # killed before its summary: resumes from checkpoints
     assert main(["search", "spos", "--preset", "quick", "--population", "4",
-                 "--generations", "2", "--resume", str(out)]) == 0  # all from checkpoints
+                 "--generations", "2", "--resume", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
+    assert json.loads((out / "summary.json").read_text())["preset"] == "quick"
+    (out / "summary.json").unlink()
     # issue 16: only run files were written, and the run is safe from a new run into its
     # folder and from a resume that contradicts it
     from nas_tutorial.run.folders import RUN_FILES
@@ -348,7 +357,7 @@ def test_training_samples_inside_the_flops_window_by_default(monkeypatch):
 
     def record(*args, **kw):
         path = original(*args, **kw)
-        seen.setdefault(kw.get("flops_limit"), []).append(spos.count_flops(path, TINY))
+        seen.setdefault("all", []).append(spos.count_flops(path, TINY))
         return path
 
     monkeypatch.setattr(spos, "sample_path", record)
@@ -358,7 +367,7 @@ def test_training_samples_inside_the_flops_window_by_default(monkeypatch):
         c = replace(TINY_CFG, epochs=1, batch_size=8, flops_limit=limit, sampling=sampling)
         spos.train_supernet(spos.Supernet(TINY), _data(64), c, "cpu", progress=False)
     window = [e * 1e6 for e in spos.flops_bins(TINY, limit)]
-    flops = seen[limit]
+    flops = seen["all"]
     inside = [window[0] <= f <= window[-1] for f in flops]
     assert len(flops) == 16 and all(inside[:8]) and not all(inside[8:])
 
@@ -515,7 +524,7 @@ def test_search_threads_flag_sets_torch_threads_for_the_run(monkeypatch, capsys)
 
 
 def test_sampling_is_validated_where_the_config_is_made():
-    with pytest.raises(ValueError, match="sampling must be one of window, uniform"):
+    with pytest.raises(ValueError, match="sampling must be one of window, bins, uniform"):
         spos.get_config("quick", sampling="unifrom")
 
 
@@ -575,3 +584,111 @@ def test_cli_spos_search_after_nan_is_one_line_and_writes_no_result(tmp_path, ca
     assert err == ["nas-tutorial: error: supernet training diverged in epoch 1: NaN/Inf in the "
                    "loss; no checkpoint was kept; try a lower lr than 1"]
     assert not (out / "best_path.json").exists() and not (out / "summary.json").exists()
+
+
+# -- issue 27: the channel space (paper Sec. 3.3), FLOPs bins over the whole space -----------
+def test_the_space_decides_the_channel_scales_and_survives_a_checkpoint():
+    from nas_tutorial.run.searches import spos_config
+
+    blocks, channels = spos.get_config("quick"), spos.get_config("quick", space="channels")
+    assert blocks.space == "blocks" and blocks.supernet == spos.QUICK
+    assert channels.supernet.channel_scales == spos.CHANNEL_SCALES
+    assert channels.supernet.num_choices == 40 and channels.supernet.name == "quick-channels"
+    assert spos.space_of(channels.supernet) == "channels" and spos.space_of(spos.QUICK) == "blocks"
+    assert replace(channels, space="blocks") == blocks  # and back again
+    assert spos_config(json.loads(json.dumps(asdict_(channels))), "here") == channels
+    with pytest.raises(ValueError, match="space must be one of blocks, channels"):
+        spos.get_config("quick", space="widths")
+    # the channel space holds the block space's paths at scale 1.0, at the same FLOPs
+    one = spos.CHANNEL_SCALES.index(1.0)
+    for path in _paths(spos.QUICK, 3):
+        wide = tuple(c * len(spos.CHANNEL_SCALES) + one for c in path)
+        assert spos.count_flops(wide, channels.supernet) == spos.count_flops(path, spos.QUICK)
+
+
+def asdict_(cfg):
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def test_path_keys_stay_digits_in_the_block_space_and_stay_apart_in_the_channel_space():
+    assert spos.path_key((3, 0, 3, 1, 3, 0)) == "303130"  # the shipped table's keys
+    assert spos.path_key((1, 23, 0)) == "1-23-0" != spos.path_key((12, 3, 0))
+
+
+def test_bins_sampling_spreads_training_over_the_whole_flops_range():
+    """``window`` trains the paths around the budget (the official code); ``bins`` draws the
+    7 bins over the whole space first, so the cheapest and the dearest bins, which uniform
+    paths almost never reach, are trained as often as the middle ones."""
+    sc = spos.get_config("quick", space="channels").supernet
+    edges = spos.flops_bins(sc)
+    rng = random.Random(0)
+
+    def per_bin(paths):
+        f = [spos.count_flops(p, sc) / 1e6 for p in paths]
+        return [sum(lo <= x < hi for x in f) for lo, hi in zip(edges, edges[1:])]
+
+    binned = per_bin(spos.sample_path(sc, rng, uniform_flops=True) for _ in range(350))
+    uniform = per_bin(spos.random_path(sc, rng) for _ in range(350))
+    assert binned[0] >= 30 and uniform[0] <= 10  # the cheapest seventh of the range
+    assert binned[3] < uniform[3]
+    with pytest.raises(ValueError, match="sampling must be one of window, bins, uniform"):
+        spos.get_config("quick", sampling="flat")
+
+
+def test_training_in_the_channel_space_moves_only_the_sampled_widths(monkeypatch):
+    """A channel-space step trains the first ``mid`` output channels of the sliced convs of
+    the sampled block and leaves the rest of that block's weights as they were. (Weight
+    decay, off here, still shrinks the rest: it acts on the whole tensor once any slice of it
+    has a gradient, as the official ``train.py`` would do.)"""
+    cfg = replace(TINY_CFG, space="channels", epochs=1, batch_size=64, sampling="uniform",
+                  weight_decay=0.0)
+    sc = cfg.supernet
+    narrow = tuple(b * len(sc.channel_scales) for b in (0, 1, 2, 3))  # every block at 0.2
+    monkeypatch.setattr(spos, "sample_path", lambda *a, **k: narrow)
+    torch.manual_seed(0)
+    net = spos.Supernet(sc)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    spos.train_supernet(net, _data(64), cfg, "cpu", progress=False)
+    conv = net.layers[0][0].main[0]  # the first 1x1 conv of block 0 in layer 0: sliced
+    mid = max(1, int(sc.stage_channels[0] // 2 * sc.channel_scales[0]))  # 0.2 x out/2
+    w0 = before["layers.0.0.main.0.weight"]
+    assert not torch.equal(conv.weight[:mid], w0[:mid])
+    assert torch.equal(conv.weight[mid:], w0[mid:])
+
+
+def test_cli_search_in_the_channel_space_names_it(tmp_path, monkeypatch, capsys):
+    cfg = replace(TINY_CFG, supernet=replace(TINY, in_channels=3), dataset="synthetic",
+                  image_size=8, batch_size=256, valid_images=64, flops_limit=None, topk=2,
+                  n_mutation=2, n_crossover=2)
+    monkeypatch.setitem(spos.PRESETS, "quick", cfg)
+    out = tmp_path / "run"
+    argv = ["search", "spos", "--preset", "quick", "--space", "channels", "--population", "4",
+            "--generations", "1", "--out", str(out)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["results"]["space"] == "channels"
+    assert tuple(summary["config"]["supernet"]["channel_scales"]) == spos.CHANNEL_SCALES
+    best = json.loads((out / "best_path.json").read_text())["path"]
+    assert max(best) < 40 and len(best) == TINY.num_layers
+    (out / "summary.json").unlink()  # as if killed before the end: it resumes
+    assert main(["search", "spos", "--resume", str(out), "--space", "blocks"]) == 2
+    assert "--space blocks contradicts" in capsys.readouterr().err
+    assert main(["search", "spos", "--preset", "quick", "--resume", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
+
+
+def test_a_saved_supernet_that_does_not_fit_the_code_is_one_line(tmp_path):
+    """Issue 29: a state dict with a key the code does not have (a change of code between
+    the run and its resume) names the file, not a RuntimeError's page of keys."""
+    cfg = replace(TINY_CFG, epochs=2)
+    ckpt = tmp_path / "supernet.pt"
+    spos.train_supernet(spos.Supernet(TINY), _data(32), cfg, "cpu", ckpt, progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    state["model"]["layers.0.9.weight"] = torch.zeros(1)
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=r"supernet.pt holds a model this code cannot load "
+                                         r"\(Unexpected key.*layers.0.9.weight"):
+        spos.train_supernet(spos.Supernet(TINY), _data(32), cfg, "cpu", ckpt, progress=False)

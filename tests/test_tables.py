@@ -309,3 +309,47 @@ def test_a_table_knows_the_kind_of_device_that_trained_it():
     assert Table("pnas", {"seeds": [0], "machines": [cpu, {"gpu": "H200"}]}).device_type == "cuda"
     assert Table("pnas", {"seeds": [0], "device": "CPU x86_64, 1 thread"}).device_type == "cpu"
     assert Table("pnas", {"seeds": [0], "device": "NVIDIA H200"}).device_type == "cuda"
+
+
+# -- issue 27: SPOS's channel space has its own table ---------------------------------------
+def test_the_channel_table_spreads_its_paths_evenly_over_the_flops_range():
+    from nas_tutorial.methods import spos
+
+    s = tables.spec("spos", "quick", space="channels")
+    sc = spos.get_config("quick", space="channels").supernet
+    assert s.protocol["supernet"]["channel_scales"] == spos.CHANNEL_SCALES
+    assert s.protocol != tables.spec("spos", "quick").protocol  # a table answers for one space
+    flops = np.array([spos.count_flops(r["arch"], sc) for r in s.rows]) / 1e6
+    assert len(s.rows) == tables.SPOS_CHANNEL_PATHS == len({r["key"] for r in s.rows}) >= 48
+    gaps = np.diff(flops)
+    assert (gaps > 0).all() and gaps.max() < 2 * gaps.mean()  # even, not crowded mid-range
+    lo, hi = spos.space_range(sc)["flops"]
+    assert flops[-1] - flops[0] > 0.9 * (hi - lo)
+    assert [r["key"] for r in s.rows] == [spos.path_key(r["arch"]) for r in s.rows]
+    assert tables.table_name("quick", "channels") == "quick-channels"
+    assert tables.default_path("spos", "quick-channels").name == "spos-quick-channels.json"
+
+
+def test_only_spos_has_a_channel_space(tmp_path, capsys):
+    with pytest.raises(TableError, match="space 'channels' is SPOS's only"):
+        tables.spec("pnas", "quick", space="channels")
+    assert cli_main(["table", "pc-darts", "--space", "channels", "--out",
+                     str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SPOS's only" in err[0] and not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'"pnas"', b'{"method": "pnas", "rows": "x"}',
+                                     b'{"method": "pnas", "seeds": [0], "rows": [{"key": 1}]}',
+                                     b'{"method": "pnas", "rows": [{"key": "a", "arch": [],'
+                                     b' "accuracy": "high"}]}', bytes(range(256))],
+                         ids=["list", "string", "rows-string", "key-int", "acc-string", "bytes"])
+def test_resuming_a_file_that_is_not_a_table_is_one_line_naming_it(content, tmp_path, capsys):
+    """Issue 29: JSON of another shape, or bytes that are not text, are refused naming the
+    file (they were tracebacks: AttributeError, TypeError, a raw UTF-8 error)."""
+    f = tmp_path / "F.json"
+    f.write_bytes(content)
+    assert cli_main(["table", "pnas", "--resume", "--out", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(f) in err[0] and "is not a" in err[0], err
+    assert f.read_bytes() == content

@@ -675,7 +675,7 @@ def _search(config, out, ckpt, device, progress, callback) -> SearchResult:
     parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer,
              "scheduler": scheduler, "train_loader": train_loader, "valid_loader": valid_loader}
     if ckpt is not None:
-        restore(ckpt, parts)
+        restore(ckpt, parts, Path(out) / CHECKPOINT if out is not None else None)
         torch.set_rng_state(ckpt["rng"])
         history, start = SearchHistory.from_dict(ckpt["history"]), ckpt["epoch"]
 

@@ -577,6 +577,10 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
     # a batch: `workers` children on each process (a table lookup needs no batching)
     batch = config.workers * distributed.world_size() if oracle is None else 10 ** 6
 
+    def kept():
+        return (f"{len(cache)} children, {run_dir / 'checkpoint.json'}"
+                if run_dir is not None and (run_dir / "checkpoint.json").is_file() else None)
+
     def run(cells, source, predicted=None):
         todo = [c for c in cells if cell_key(c) not in cache]
         for s in range(0, len(todo), batch):
@@ -585,11 +589,8 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
                 accuracies = (train_fn(chunk) if oracle is not None
                               else distributed.spread(train_fn, chunk))
             except Diverged as e:  # the checkpoint of the children before this batch stays
-                kept = (f"{len(cache)} children, {run_dir / 'checkpoint.json'}"
-                        if run_dir is not None and (run_dir / "checkpoint.json").is_file()
-                        else None)
                 raise diverged(getattr(e, "what", "a PNAS child"), getattr(e, "epoch", "?"),
-                               getattr(e, "nonfinite", "loss"), kept,
+                               getattr(e, "nonfinite", "loss"), kept(),
                                getattr(e, "hint", "a lower lr")) from None
             for c, acc in zip(chunk, accuracies):
                 cache[cell_key(c)] = float(acc)
@@ -614,9 +615,14 @@ def search(config: PNASConfig | None = None, train_fn=None, cache: dict | None =
 
         def fit_predict(cells, seed):
             seen = [(tuple(tuple(p) for p in r["cell"]), r["accuracy"]) for r in result.records()]
-            return {kind: Surrogate.from_config(kind, config, seed=seed)
-                    .fit([c for c, _ in seen], [a for _, a in seen]).predict(cells)
-                    for kind in kinds}
+            preds = {kind: Surrogate.from_config(kind, config, seed=seed)
+                     .fit([c for c, _ in seen], [a for _, a in seen]).predict(cells)
+                     for kind in kinds}
+            for kind, p in preds.items():  # a NaN must never rank the children
+                if not np.isfinite(p).all():
+                    raise diverged(f"the {kind} surrogate (fit_lr {config.fit_lr:g})", None,
+                                   "predictions", kept(), "a lower fit_lr")
+            return preds
 
         for b in range(2, config.blocks + 1):
             children = expand_all(beam, config.ops)

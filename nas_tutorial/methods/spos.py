@@ -8,8 +8,9 @@ ECCV 2020, and the official code (megvii-model/SinglePathOneShot). The space (Se
 - Sec. 3.2, Eq. (7)/(8): supernet training with a uniformly sampled single path per step;
   by default, as the official ``train.py`` always does, the path is drawn inside the FLOPs
   window around the budget (Sec. 4: one of 7 bins uniformly, then rejection sampling inside
-  it, give up after 500 tries); ``sampling="uniform"`` draws from the whole space. Only
-  the path's weights move.
+  it, give up after 500 tries); ``sampling="bins"`` draws the 7 bins over the whole space's
+  FLOPs range instead, ``sampling="uniform"`` any path uniformly. Only the path's weights
+  move. ``space="channels"`` trains and searches block and channel scale per layer.
 - Sec. 3.4, Alg. 1: BN recalibration, then evolutionary search under FLOPs/params
   budgets; a random search with the same number of evaluations (Sec. 4, Fig. 5).
 - Ranking quality: Kendall tau between inherited and stand-alone accuracy, with and
@@ -44,14 +45,14 @@ from .. import distributed
 from ..data import DeviceLoader, holdout, load, split
 from ..devices import resolve_device
 from ..groundtruth import ranking_ceiling  # noqa: F401  (spos.ranking_ceiling, as before)
-from ..checkpoints import fingerprint, read_checkpoint, save, write_json
+from ..checkpoints import fingerprint, load_into, read_checkpoint, save, write_json
 from ..config import TrainConfig, preset_name, select
 from ..training import autocast, diverged, nonfinite, progress_bar, train
 from .spos_space import (  # noqa: F401  (the space, as spos.* names)
     CHANNEL_SCALES, CHOICES, CIFAR, ChoiceBlock, IMAGENET, PUBLISHED_PATH, PathError,
-    QUICK, Supernet, SupernetConfig, channel_shuffle, check_budget, check_path,
-    count_flops, count_params, decode, lookup_table, space_range, standalone,
-    within_budget)
+    QUICK, SPACES, Supernet, SupernetConfig, channel_shuffle, check_budget, check_path,
+    count_flops, count_params, decode, in_space, lookup_table, path_key, space_of,
+    space_range, standalone, within_budget)
 
 # -- sampling ------------------------------------------------------------------------------
 def random_path(config: SupernetConfig, rng: random.Random) -> tuple:
@@ -93,7 +94,7 @@ def sample_path(config: SupernetConfig, rng: random.Random, uniform_flops: bool 
     return random_path(config, rng)
 
 
-SAMPLING = ("window", "uniform")
+SAMPLING = ("window", "bins", "uniform")
 FIRST_STEPS = 5  # losses of the first steps kept in the history (see train_supernet)
 
 
@@ -115,7 +116,8 @@ class SPOSConfig:
     label_smoothing: float = 0.1   # official ImageNet setting
     sampling: str = "window"       # "window": a FLOPs bin around the budget, then a path in it,
     #                                as the official train.py trains (no budget: bins over the
-    #                                whole space); "uniform": any path, uniformly
+    #                                whole space); "bins": 7 bins over the whole space's
+    #                                FLOPs range; "uniform": any path, uniformly
     amp: bool = True               # bf16 autocast on CUDA
     recal_batches: int = 200       # BN recalibration batches (official 200 of 128)
     recal_batch_size: int = 128
@@ -132,11 +134,14 @@ class SPOSConfig:
     ranking_paths: int = 10        # paths trained stand-alone for Kendall tau
     ranking_epochs: int = 10       # epochs of a path trained stand-alone (ranking, table)
     seed: int = 0
+    space: str = "blocks"          # SPACES: blocks, or blocks and channel scales (Sec. 3.3)
 
     def __post_init__(self):
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, "
                              f"got {self.sampling!r}")
+        # the space decides the supernet's channel scales (spos_space.in_space)
+        object.__setattr__(self, "supernet", in_space(self.supernet, self.space))
         for name in ("flops_limit", "params_limit"):  # before any training, not after it
             limit = getattr(self, name)
             if limit is not None and not 0 < limit < math.inf:  # NaN fails it too
@@ -278,7 +283,7 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         state = read_checkpoint(checkpoint, "spos")
         if training_settings(state["config"]) != training_settings(asdict(cfg)):
             raise ValueError(f"{checkpoint} was trained with other settings; use a new folder")
-        supernet.load_state_dict(state["model"])
+        load_into(supernet, state["model"], checkpoint)
         history, start = state["history"], state["epoch"]
         if start < cfg.epochs:
             distributed.check_world(state.get("world_size"), checkpoint)
@@ -303,8 +308,8 @@ def train_supernet(supernet: Supernet, train_ds, cfg: SPOSConfig, device="auto",
         first = []
         for x, y in loader:
             # the same path on every rank: rng is seeded alike and used for nothing else
-            path = sample_path(cfg.supernet, rng, cfg.sampling == "window",
-                               flops_limit=cfg.flops_limit)
+            path = sample_path(cfg.supernet, rng, cfg.sampling != "uniform", flops_limit=
+                               cfg.flops_limit if cfg.sampling == "window" else None)
             x, y = distributed.shard(x, y)  # this rank's rows of the global batch
             loss, logits = train_step(supernet, optimizer, x, y, path, cfg)
             scheduler.step()

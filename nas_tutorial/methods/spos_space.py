@@ -8,8 +8,11 @@ Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampli
   (Shuffle 3x3, 5x5, 7x7 and Xception); a path is a tuple of choice indices passed to
   ``forward(x, path)``. ``IMAGENET`` is the paper's net, ``CIFAR`` the same with a stride-1
   stem at 32x32, ``QUICK`` a narrow one for 16x16 grey images (Fashion-MNIST, digits).
-- Sec. 3.3: channel-number search (mid channels scaled 0.2..2.0, sliced from one weight
-  tensor), off by default as in the official code.
+- Sec. 3.3 and its experiments (block search, channel search, both): two spaces,
+  ``SPACES``. ``blocks`` (the default, as the official code searches) picks one of the four
+  blocks per layer; ``channels`` picks a block *and* a scale of its mid channels (0.2 to 2.0,
+  ten steps) per layer, every width sliced from one weight tensor of the widest block.
+  :func:`in_space` gives a supernet config the scales of a space.
 - Sec. 4: FLOPs and parameters of a path by lookup table (multiply-adds of convs and
   linears), what the budgets of the search are measured in.
 
@@ -68,6 +71,34 @@ QUICK = SupernetConfig("quick", stage_repeats=(2, 2, 2), stage_channels=(32, 64,
 
 class PathError(ValueError):
     """A path that does not fit the supernet, or a budget no path can meet."""
+
+
+SPACES = ("blocks", "channels")
+
+
+def in_space(config: SupernetConfig, space: str) -> SupernetConfig:
+    """``config`` with the channel scales of ``space``: ``blocks`` one scale (1.0), ``channels``
+    the paper's ten (``CHANNEL_SCALES``, Sec. 3.3) unless it already has several; the name
+    says which (``quick`` / ``quick-channels``)."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+    base = config.name.removesuffix("-channels")
+    if space == "blocks":
+        return config if len(config.channel_scales) == 1 else replace(
+            config, name=base, channel_scales=(1.0,))
+    return config if len(config.channel_scales) > 1 else replace(
+        config, name=base + "-channels", channel_scales=CHANNEL_SCALES)
+
+
+def space_of(config: SupernetConfig) -> str:
+    """The space a supernet config spans: ``channels`` when it has several channel scales."""
+    return "channels" if len(config.channel_scales) > 1 else "blocks"
+
+
+def path_key(path) -> str:
+    """A path as a short string, a table's row key: the digits (``"303130"``) where every
+    choice is below 10 (the block space), else joined by dashes (``"3-17-39-0-12-8"``)."""
+    return ("" if max(path) < 10 else "-").join(map(str, path))
 
 
 def check_path(path, config: SupernetConfig) -> tuple:

@@ -14,6 +14,7 @@ and writes the run folder. ``info`` and ``table`` run in one process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from ..teaching.exercises import make_student_copies
 from ..teaching.handouts import write_handouts
 from ..viz import draw_genotype, plot_history, save_html, save_svg
 from . import searches
-from .folders import check_new, clear
+from .folders import RunFinished, check_new, claim, clear, holds
 from .tables import TableError, cli_table
 
 EXIT_USAGE = 2
@@ -189,9 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     spos.add_argument("--population", type=_positive(most=MAX_POPULATION), default=None)
     spos.add_argument("--generations", type=_positive(most=MAX_GENERATIONS),
                       default=None)
-    spos.add_argument("--sampling", choices=("window", "uniform"), default=None,
+    spos.add_argument("--sampling", choices=("window", "bins", "uniform"), default=None,
                       help="supernet paths: inside the FLOPs window around the budget "
-                           "(default, as the official code trains) or from the whole space")
+                           "(default, as the official code trains), FLOPs bins over the "
+                           "whole space, or any path uniformly")
+    spos.add_argument("--space", choices=("blocks", "channels"), default=None,
+                      help="choose a block per layer (default), or a block and a channel "
+                           "scale 0.2-2.0 (paper Sec. 3.3)")
     pnas = methods.add_parser("pnas", parents=[common], help="progressive cell search")
     pnas.add_argument("--preset", choices=list(PRESETS), default=None)
     pnas.add_argument("--blocks", type=_positive(most=MAX_BLOCKS), default=None,
@@ -222,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train a row's seeds at once, a thread each (pnas; same results)")
     table.add_argument("--workers", type=_positive(), default=1, metavar="N",
                        help="train N rows at once in N processes, one thread each (same results)")
+    table.add_argument("--space", choices=("blocks", "channels"), default="blocks",
+                       help="spos: the block space, or blocks and channel scales (its own "
+                            "table, METHOD-PRESET-channels.json)")
     handouts = sub.add_parser("handouts", parents=[debug],
                               help="every notebook as self-contained HTML, checked in Chromium")
     handouts.add_argument("notebooks", nargs="?", default="notebooks")
@@ -302,6 +310,10 @@ def _info(args) -> int:
         print(json.dumps({"params": params, "params_auxiliary": params_aux, "flops": flops}))
     else:
         print(f"genotype: {genotype}")
+        if (genotype.reduce, genotype.reduce_concat) == (genotype.normal,
+                                                         genotype.normal_concat):
+            print("cells:    one cell for both roles (the reduction cell is the normal cell, "
+                  "as in PNAS)")
         print(f"network:  C={args.channels}, {args.layers} cells, "
               f"{args.num_classes} classes, {args.image_size}x{args.image_size} input")
         print(f"params:   {params:,} ({params / 1e6:.2f}M)"
@@ -313,24 +325,24 @@ def _info(args) -> int:
 def _train(args) -> int:
     genotype = resolve(args.genotype)
     preset = get_preset(args.preset, args.device)  # --device cpu: quick unless named
-    # checked before training; created only once there is something to write into it
     out = check_new(args.out or f"runs/train-{preset.name}-seed{args.seed}", "train",
                     args.overwrite, empty=True)
 
     distributed.check_batch(preset.train.batch_size)
-    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
-    model, history = train_genotype(genotype, preset, epochs=args.epochs, seed=args.seed,
-                                    device=args.device)
-    if not distributed.is_main():  # rank 0 writes and prints
-        return 0
-    if args.overwrite:
-        clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "genotype.json", genotype.to_dict())  # atomic, like every run file
-    write_json(out / "history.json", history.to_dict())
-    svg = save_svg(draw_genotype(genotype), out / "cell.svg")
-    html = save_html(plot_history(history, f"{args.genotype} on {preset.dataset}"),
-                     out / "curves.html")
+    distributed.barrier()  # every rank has checked the folder before rank 0 claims it
+    # one run per folder; a folder the claim made is removed again if training fails
+    with claim(out) if distributed.is_main() else contextlib.nullcontext():
+        model, history = train_genotype(genotype, preset, epochs=args.epochs, seed=args.seed,
+                                        device=args.device)
+        if not distributed.is_main():  # rank 0 writes and prints
+            return 0
+        if args.overwrite:
+            clear(out)
+        write_json(out / "genotype.json", genotype.to_dict())  # atomic, like every run file
+        write_json(out / "history.json", history.to_dict())
+        svg = save_svg(draw_genotype(genotype), out / "cell.svg")
+        html = save_html(plot_history(history, f"{args.genotype} on {preset.dataset}"),
+                         out / "curves.html")
     print(f"genotype: {genotype}")
     print(f"test accuracy after {len(history.epoch)} epochs: {history.valid_acc[-1]:.4f}")
     print(f"drawing: {svg or 'skipped (no dot)'}")
@@ -354,7 +366,7 @@ def _search(args) -> int:
                                       params_limit=args.params_limit,
                                       population=args.population,
                                       generations=args.generations, sampling=args.sampling,
-                                      **common)
+                                      space=args.space, **common)
     else:
         result = searches.search_pnas(blocks=args.blocks, beam=args.beam,
                                       predictor=args.predictor, oracle=args.oracle, **common)
@@ -372,7 +384,7 @@ def _search(args) -> int:
 def _table(args) -> int:
     result = cli_table(args.table_method, args.preset, args.seeds, args.out, args.resume,
                        args.threads, args.limit, args.parallel, device=args.device,
-                       workers=args.workers)
+                       workers=args.workers, space=args.space)
     table, s = result["table"], result["table"].stats()
     print(f"table:    {result['path']}")
     print(f"rows:     {s['rows']} x {s['seeds']} seeds, {table.header['wall_s']:.0f} s "
@@ -422,6 +434,22 @@ def _join(args) -> bool:
     return True
 
 
+def _resume_hint(args, run_dir) -> str:
+    """What the line after Ctrl-C tells: the command that continues the interrupted work."""
+    if args.command == "table":
+        out = f" --out {args.out}" if args.out else ""
+        space = f" --space {args.space}" if args.space != "blocks" else ""
+        return (f"; continue the table with `{PROG} table {args.table_method}{space}{out} "
+                f"--resume`")
+    if args.command != "search":
+        return ""
+    if run_dir is None:
+        return "; a search continues with --resume RUN_FOLDER once it has written a checkpoint"
+    if holds(run_dir) is None:
+        return f"; {run_dir} holds no checkpoint yet, so start the search again"
+    return f"; continue it with `{PROG} search {args.method} --resume {run_dir}`"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one line on bad flags
@@ -434,12 +462,13 @@ def main(argv=None) -> int:
         with threads(getattr(args, "search_threads", None) or args.cpu_threads):
             joined = _join(args)
             return handlers[args.command](args)
-    except KeyboardInterrupt:
-        what = {"table": "; a table continues with --resume",
-                "search": "; a search continues with --resume RUN_FOLDER once it has written "
-                          "its first checkpoint"}.get(args.command, "")
-        print(f"{PROG}: interrupted{what}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: interrupted{_resume_hint(args, getattr(e, 'run_dir', None))}",
+              file=sys.stderr)
         return 130
+    except RunFinished as e:  # nothing to do, and nothing was changed: not an error
+        print(f"{PROG}: {e}")
+        return 0
     except Exception as e:
         message = _expected(e)
         if message is None:

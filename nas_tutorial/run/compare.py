@@ -60,8 +60,10 @@ from ..network import NetworkCIFAR, count_params
 from ..ops import DARTS_OPS
 from .records import device_label, load_runs
 from .records import record as _record
+from ..progress import progress_bar
 from ..training import evaluate, train
-from ..viz.compare import plot_gaps, plot_seed_study, plot_table  # noqa: F401  (cmp.plot_*, as before)
+from ..viz.compare import (plot_gaps, plot_intervals, plot_seed_study,  # noqa: F401
+                           plot_table)  # cmp.plot_*, as before
 from ..viz.compare import plot_placement as _plot_placement
 
 COLUMNS = ("method", "architecture", "device", "search_s", "cost", "cost_unit", "evaluated",
@@ -604,6 +606,50 @@ def pnas_truth_study(seeds=range(20), config=None, table=None, progress=True) ->
             "predictor": results[0].config.predictor, "models": len(results[0].records())}
 
 
+def spos_truth_study(evaluator, cfg, train_path, seeds=range(20), train_seeds: int = 4,
+                     cache=None, table=None, progress=True) -> dict:
+    """SPOS evolution against random search at equal evaluations, over ``seeds`` (chosen
+    before looking: 0..19), every search on the one shared supernet's fitness cache (the
+    paper's setting: train once, search many times), each judged by the truth of its best
+    path: the mean held-out accuracy of ``train_seeds`` stand-alone trainings with the
+    ``spos`` table's protocol (``train_path(path, seed)``: the table spec's ``train``), which
+    no search saw. A path the ``table`` holds is read from
+    it; every other pick is trained here, once (the picks of different seeds often agree),
+    and kept in the JSON file ``cache`` as it goes, so a stopped study resumes."""
+    seeds, cache = list(seeds), Path(cache) if cache is not None else None
+    truths = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    pairs = [(s, *spos.search_pair(evaluator, cfg, s, progress=False)) for s in seeds]
+    picks = list(dict.fromkeys(tuple(r.best["path"]) for _, *both in pairs for r in both))
+    todo = [p for p in picks if spos.path_key(p) not in truths
+            and not (table is not None and spos.path_key(p) in table)]
+    bar = progress_bar(len(todo) * train_seeds, "stand-alone picks", progress)
+    for path in todo:
+        truths[spos.path_key(path)] = [round(float(train_path(list(path), k)), 6)
+                                       for k in range(train_seeds)]
+        bar.update(train_seeds)
+        if cache is not None:
+            write_json(cache, truths)
+    bar.close()
+
+    def truth(path):
+        key = spos.path_key(path)
+        return table.accuracy(key) if key not in truths else sum(truths[key]) / len(truths[key])
+
+    rows = []
+    for s, evo, rnd in pairs:
+        e, r = evo.best, rnd.best
+        rows.append({"seed": s, "evolution_path": list(e["path"]), "random_path": list(r["path"]),
+                     "evolution_fitness": e["fitness"], "random_fitness": r["fitness"],
+                     "evolution_flops": e["flops"], "random_flops": r["flops"],
+                     "best_truth": truth(e["path"]), "random_best_truth": truth(r["path"]),
+                     "difference": truth(e["path"]) - truth(r["path"])})
+    return {"seeds": seeds, "rows": rows, "space": cfg.space, "flops_limit": cfg.flops_limit,
+            "evaluations": len(pairs[0][1].evaluated), "train_seeds": train_seeds,
+            "trainings": {k: v for k, v in truths.items()},
+            "difference": interval([row["difference"] for row in rows]),
+            "evolution_at_least_random": sum(row["difference"] >= 0 for row in rows)}
+
+
 # -- recorded runs -------------------------------------------------------------------------
 def recorded_rows(kind: str = "compare", root=None) -> list:
     """Rows of recorded comparisons under ``data/runs/`` (newest first), each labelled with
@@ -639,7 +685,7 @@ def plot_placement(table, groups: dict, best_of: int | None = None,
 __all__ = ["COLUMNS", "CompareConfig", "get_config", "random_genotype", "genotype_agreement",
            "describe", "PeakMemory", "Candidate", "run_pc_darts", "run_spos", "run_pnas",
            "build", "cell_network", "retrain", "retrain_data", "compare", "format_table",
-           "seed_study", "summarize_seed_study", "best_of_n", "random_search",
+           "seed_study", "summarize_seed_study", "best_of_n", "random_search", "spos_truth_study",
            "equal_budget_draws", "interval", "pnas_truth_study", "recorded_rows", "record",
            "plot_table", "plot_seed_study",
-           "plot_placement", "plot_gaps"]
+           "plot_placement", "plot_gaps", "plot_intervals"]

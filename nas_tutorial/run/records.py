@@ -100,8 +100,10 @@ RECORDED = REPO / "data" / "runs"  # the runs shipped with the repository
 
 def run_folder(cfg) -> Path:
     """Where ``search spos`` writes a run of these settings by default (from the folder it
-    runs in)."""
-    return Path(f"runs/spos-{cfg.name}-seed{cfg.seed}")
+    runs in): ``runs/spos-quick-seed0``, ``runs/spos-quick-channels-seed0`` in the channel
+    space."""
+    space = "-channels" if getattr(cfg, "space", "blocks") == "channels" else ""
+    return Path(f"runs/spos-{cfg.name}{space}-seed{cfg.seed}")
 
 
 def shown(path) -> str:

@@ -18,6 +18,7 @@ Under torchrun every process runs the search; rank 0 alone writes and prints.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -97,19 +98,42 @@ class RunWriter:
 
 
 def _folder(method, out, resume, overwrite, default):
-    """The run folder, checked (a new one, or ``--resume``'s) and the checkpoint a resume
-    reads (once; None for a new run)."""
+    """The run folder, checked (a new one, or ``--resume``'s) and the
+    checkpoint a resume reads (once; None for a new run)."""
     if resume is not None:
         run_dir = rf.check_resume(resume, method, out, overwrite)
         return run_dir, rf.read_checkpoint(run_dir, method)
     return rf.check_new(out or default, method, overwrite), None
 
 
+_CLAIMS = []  # the run folders this process holds, released when its search returns
+
+
 def _start(run_dir, resume, overwrite) -> None:
-    """After every check: every rank has checked the folder before rank 0 changes it."""
+    """After every check: every rank has checked the folder before rank 0 claims it
+    (:func:`~nas_tutorial.run.folders.claim`: one run per folder) and changes it."""
     distributed.barrier()
-    if resume is None and overwrite and distributed.is_main():
-        rf.clear(run_dir)
+    if distributed.is_main():
+        _CLAIMS.append(rf.claim(run_dir, flag="--out" if resume is None else "--resume"))
+        if resume is None and overwrite:
+            rf.clear(run_dir)
+
+
+def _releases(search):
+    """A search releases the folders it claimed however it ends (done, error, Ctrl-C)."""
+    @functools.wraps(search)
+    def run(*args, **kwargs):
+        held = len(_CLAIMS)
+        try:
+            return search(*args, **kwargs)
+        except KeyboardInterrupt as e:  # the CLI names the folder to resume
+            if len(_CLAIMS) > held:
+                e.run_dir = _CLAIMS[-1].target
+            raise
+        finally:
+            while len(_CLAIMS) > held:
+                _CLAIMS.pop().release()
+    return run
 
 
 # -- PC-DARTS / DARTS --------------------------------------------------------------------------
@@ -168,6 +192,7 @@ def pc_darts_results(result) -> dict:
             "search_valid_acc": h.valid_acc[-1] if h.valid_acc else None}
 
 
+@_releases
 def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unrolled=False,
                     epochs=None, dataset=None, seed=None, out=None, resume=None,
                     retrain=False, overwrite=False, device="auto") -> dict:
@@ -189,13 +214,15 @@ def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unro
         # the fields the flags set; a preset decides every other one
         flag_fields = {"seed", "k", "edge_norm", "unrolled", "epochs", "warmup_epochs",
                        "dataset", "image_size"}
-        rf.check_preset(run_dir, preset, saved,
-                        {n: asdict(get_config(method, n)) for n in ("quick", "long", "full")},
-                        flag_fields)
+        presets = {n: asdict(get_config(method, n)) for n in ("quick", "long", "full")}
+        rf.check_preset(run_dir, preset, saved, presets, flag_fields)
+        preset = preset or rf.preset_of(saved, presets, flag_fields)  # the summary names it
         rf.check_flags(run_dir, saved, [
             ("--seed", "seed", seed), ("--k", "k", k), ("--no-edge-norm", "edge_norm", edge_norm),
             ("--unrolled", "unrolled", True if unrolled else None), ("--epochs", "epochs", epochs),
             ("--dataset", "dataset", dataset)])
+        # a finished run is resumed only to add a retraining its summary does not hold
+        rf.check_unfinished(run_dir, adds=("retrain_accuracy",) if retrain else ())
     else:
         overrides = {"seed": 0 if seed is None else seed, "k": k, "edge_norm": edge_norm,
                      "unrolled": True if unrolled else None, "epochs": epochs}
@@ -224,8 +251,7 @@ def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unro
     w = RunWriter(run_dir)
     w.files.update(genotype=run_dir / "genotype.json", history=run_dir / "history.json")
     results = pc_darts_results(result)
-    shown = preset if state is None else None  # a resumed run names no preset
-    s = w.summary(method, shown, config.seed, device, sum(h.seconds), asdict(config), results)
+    s = w.summary(method, preset, config.seed, device, sum(h.seconds), asdict(config), results)
     w.svg("normal", "normal.svg", viz.draw_cell(g, "normal"))
     w.svg("reduce", "reduce.svg", viz.draw_cell(g, "reduce"))
     w.html("alpha", "alpha_normal.html", viz.plot_alpha_evolution(h, "normal"))
@@ -252,7 +278,8 @@ def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unro
 
 # -- SPOS --------------------------------------------------------------------------------------
 # The fields the flags of ``search spos`` set; the preset decides every other one.
-SPOS_FLAGS = ("seed", "flops_limit", "params_limit", "population", "generations", "sampling")
+SPOS_FLAGS = ("seed", "flops_limit", "params_limit", "population", "generations", "sampling",
+              "space")
 
 
 def spos_config(saved: dict, where) -> spos.SPOSConfig:
@@ -269,28 +296,31 @@ def spos_config(saved: dict, where) -> spos.SPOSConfig:
 def spos_truth(table, path):
     """A path's stand-alone accuracy averaged over the table's seeds, None where the table
     does not hold it (or there is no table)."""
-    key = "".join(map(str, path))
+    key = spos.path_key(path)
     return table.accuracy(key) if table is not None and key in table else None
 
 
+@_releases
 def search_spos(preset=None, flops_limit=None, params_limit=None, population=None,
                 generations=None, sampling=None, seed=None, out=None, resume=None,
-                device="auto", progress=True, overwrite=False) -> dict:
+                device="auto", progress=True, overwrite=False, space=None) -> dict:
     """Train the supernet, run evolution and an equal-budget random search, measure ranking
     quality against the ``spos`` table when one matches, and write the best path, every
     evaluated path, ``summary.json`` and the figures into the run folder."""
     if preset is None and resume is None:  # the preset follows the device (cpu: quick)
         preset = preset_name(None, device)
     given = dict(flops_limit=flops_limit, params_limit=params_limit, population=population,
-                 generations=generations, sampling=sampling, seed=seed)
+                 generations=generations, sampling=sampling, seed=seed, space=space)
     if resume is not None:
         run_dir, state = _folder("spos", out, resume, overwrite, None)
         cfg = spos_config(state["config"], run_dir / "supernet.pt")
         saved = asdict(cfg)
         rf.check_preset(run_dir, preset, saved,
-                        {n: asdict(spos.PRESETS[n]) for n in ("quick", "full")}, SPOS_FLAGS)
+                        {n: asdict(spos.get_config(n, space=cfg.space)) for n in ("quick", "full")},
+                        SPOS_FLAGS)
         rf.check_flags(run_dir, saved, [("--" + k.replace("_", "-"), k, v)
                                         for k, v in given.items()])
+        rf.check_unfinished(run_dir)
     else:
         cfg = get_config("spos", preset, **{"seed": 0, **given})
     spos.check_budget(cfg.supernet, cfg.flops_limit, cfg.params_limit)  # before any training
@@ -329,7 +359,7 @@ def search_spos(preset=None, flops_limit=None, params_limit=None, population=Non
            {"evolution": evo.evaluated, "random": rnd.evaluated,
             "supernet_history": history, "ranking": rank})
     results = {
-        "sampling": cfg.sampling, "supernet_epochs": cfg.epochs,
+        "space": cfg.space, "sampling": cfg.sampling, "supernet_epochs": cfg.epochs,
         "supernet_train_accuracy": history["train_acc"][-1],
         "kendall_tau": rank and rank["tau"], "kendall_p": rank and rank["p_value"],
         "kendall_tau_no_recal": rank and rank["tau_no_recal"],
@@ -375,6 +405,7 @@ def pnas_config(saved: dict, where) -> pnas.PNASConfig:
                                 f"start a new run with --out") from None
 
 
+@_releases
 def search_pnas(preset=None, blocks=None, beam=None, predictor=None, seed=None, out=None,
                 resume=None, oracle=None, overwrite=False, device="auto") -> dict:
     """``nas-tutorial search pnas``: run, then write the best cell, all evaluated cells,
@@ -385,13 +416,14 @@ def search_pnas(preset=None, blocks=None, beam=None, predictor=None, seed=None, 
         run_dir, state = _folder("pnas", out, resume, overwrite, None)
         config = pnas_config(state["config"], run_dir / "checkpoint.json")
         saved = pnas.config_dict(config)
-        rf.check_preset(run_dir, preset, saved,
-                        {n: pnas.config_dict(pnas.PNAS_PRESETS[n]) for n in ("quick", "full")},
-                        PNAS_FLAGS)
+        presets = {n: pnas.config_dict(pnas.PNAS_PRESETS[n]) for n in ("quick", "full")}
+        rf.check_preset(run_dir, preset, saved, presets, PNAS_FLAGS)
+        preset = preset or rf.preset_of(saved, presets, PNAS_FLAGS)  # the summary names it
         rf.check_flags(run_dir, saved, [
             ("--blocks", "blocks", blocks), ("--beam", "beam", beam),
             ("--predictor", "predictor", predictor), ("--seed", "seed", seed),
             ("--oracle", "oracle", oracle)])
+        rf.check_unfinished(run_dir)
     else:
         config = get_config("pnas", preset, blocks=blocks, beam=beam, predictor=predictor,
                             seed=seed, oracle=oracle)
@@ -410,7 +442,7 @@ def search_pnas(preset=None, blocks=None, beam=None, predictor=None, seed=None, 
     w.json("best", "best_cell.json", result.best_genotype.to_dict(), strict=False)
     w.json("cells", "cells.json", result.to_dict(), strict=False)
     results = pnas.summary(result)
-    w.summary("pnas", preset if resume is None else None, config.seed, resolve_device(device),
+    w.summary("pnas", preset, config.seed, resolve_device(device),
               result.seconds, pnas.config_dict(config), results)
     w.html("scatter", "predictions.html", pnas_viz.plot_predictions(result))
     w.html("curve", "pnas_vs_random.html", pnas_viz.plot_efficiency(result))

@@ -49,6 +49,7 @@ import torch
 
 from ..methods import pc_darts, pnas, spos
 from . import compare
+from .folders import check_free, claim
 from ..checkpoints import write_json
 from ..config import get_preset
 from ..devices import device_label, machine, resolve_device, set_threads
@@ -138,18 +139,21 @@ def spos_table(cfg):
     return find("spos", spos_protocol(cfg))
 
 
-def _spos_spec(preset: str, device) -> Spec:
-    cfg = spos.get_config(preset)
+def _spos_spec(preset: str, device, space: str = "blocks") -> Spec:
+    cfg = spos.get_config(preset, space=space)
     sc = cfg.supernet
-    # From the lowest to the highest FLOPs: 4,000 uniform paths sorted by FLOPs, then evenly
-    # spaced quantiles, so the table follows the FLOPs distribution the supernet's uniform
-    # sampling sees (denser in the middle than at the ends).
     rng = random.Random(TABLE_SEED)
-    pool = sorted({spos.random_path(sc, rng) for _ in range(4000)},
-                  key=lambda p: (spos.count_flops(p, sc), p))
-    picks = np.linspace(0, len(pool) - 1, SPOS_PATHS).round().astype(int)
-    paths = list(dict.fromkeys(pool[i] for i in picks))
-    rows = [{"key": "".join(map(str, p)), "group": "stand-alone path", "arch": list(p)}
+    if space == "blocks":
+        # From the lowest to the highest FLOPs: 4,000 uniform paths sorted by FLOPs, then
+        # evenly spaced quantiles, so the table follows the FLOPs distribution the
+        # supernet's uniform sampling sees (denser in the middle than at the ends).
+        pool = sorted({spos.random_path(sc, rng) for _ in range(4000)},
+                      key=lambda p: (spos.count_flops(p, sc), p))
+        picks = np.linspace(0, len(pool) - 1, SPOS_PATHS).round().astype(int)
+        paths = list(dict.fromkeys(pool[i] for i in picks))
+    else:
+        paths = _spread_paths(sc, SPOS_CHANNEL_PATHS, rng)
+    rows = [{"key": spos.path_key(p), "group": "stand-alone path", "arch": list(p)}
             for p in paths]
     data = {}
 
@@ -168,6 +172,30 @@ def _spos_spec(preset: str, device) -> Spec:
     return Spec("spos", rows, spos_protocol(cfg),
                 lambda p: (spos.count_params(p, sc), spos.count_flops(p, sc)), run,
                 note="held-out accuracy of the path trained stand-alone (spos.standalone_config)")
+
+
+def _spread_paths(sc, n: int, rng) -> list:
+    """``n`` paths of the channel space spread evenly over its FLOPs range: uniform paths
+    crowd the middle (a sum of 6 layers), so the pool adds paths drawn around one width
+    level each (every layer's scale within one step of it), which reach both ends; then, for
+    each of ``n`` FLOPs evenly spaced from the pool's lowest to its highest, the nearest
+    path not taken yet."""
+    scales = len(sc.channel_scales)
+    pool = {spos.random_path(sc, rng) for _ in range(4000)}
+    for _ in range(4000):
+        level = rng.randrange(scales)
+        pool.add(tuple(rng.randrange(len(spos.CHOICES)) * scales
+                       + min(scales - 1, max(0, level + rng.randint(-1, 1)))
+                       for _ in range(sc.num_layers)))
+    pool = sorted(pool, key=lambda p: (spos.count_flops(p, sc), p))
+    flops = np.array([spos.count_flops(p, sc) for p in pool], dtype=float)
+    taken, out = set(), []
+    for target in np.linspace(flops[0], flops[-1], n):
+        order = np.argsort(np.abs(flops - target), kind="stable")
+        i = next(int(i) for i in order if int(i) not in taken)
+        taken.add(i)
+        out.append(pool[i])
+    return out
 
 
 def _pc_darts_spec(preset: str, device) -> Spec:
@@ -213,15 +241,29 @@ def _pc_darts_spec(preset: str, device) -> Spec:
 
 TABLE_SEED = 0            # draws the random architectures of every table (not a run seed)
 RANDOM_PNAS_CELLS = 400   # random 3-block cells in the pnas table
-SPOS_PATHS = 32           # stand-alone paths in the spos table
+SPOS_PATHS = 32           # stand-alone paths in the spos table (block space)
+SPOS_CHANNEL_PATHS = 48   # ... and in the channel space's table (spos-PRESET-channels)
 PC_DARTS_RANDOM = 24      # random genotypes in the pc-darts table (DARTS: best of 24)
 _SPECS = {"pnas": _pnas_spec, "spos": _spos_spec, "pc-darts": _pc_darts_spec}
 
 
-def spec(method: str, preset: str = "quick", device="cpu") -> Spec:
+def spec(method: str, preset: str = "quick", device="cpu", space: str = "blocks") -> Spec:
+    """What ``method``'s table holds and how it trains a row; ``space="channels"`` is SPOS's
+    channel space (its own table, ``spos-PRESET-channels.json``)."""
+    return _factory(method, space)(preset, device)
+
+
+def _factory(method: str, space: str = "blocks"):
     if method not in METHODS:
         raise TableError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    return _SPECS[method](preset, device)
+    if space not in spos.SPACES or (space != "blocks" and method != "spos"):
+        raise TableError(f"space '{space}' is SPOS's only (spos: {', '.join(spos.SPACES)})")
+    return _SPECS[method] if space == "blocks" else partial(_SPECS[method], space=space)
+
+
+def table_name(preset: str, space: str = "blocks") -> str:
+    """The name part of a table's file: the preset, ``-channels`` for SPOS's channel space."""
+    return preset if space == "blocks" else f"{preset}-{space}"
 
 
 def check_protocol(table: Table, s: Spec) -> None:
@@ -257,7 +299,8 @@ def retrain(method: str, arch, seed: int = 0, preset: str = "quick", device="cpu
 
 def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
          resume: bool = False, device="cpu", threads: int | None = 1, limit: int | None = None,
-         progress: bool = True, parallel: bool = False, workers: int = 1) -> Table:
+         progress: bool = True, parallel: bool = False, workers: int = 1,
+         space: str = "blocks") -> Table:
     """Train every architecture of ``method``'s table with ``seeds`` seeds and write it.
 
     Checkpoints ``out`` after every row; ``resume=True`` continues a file made with the
@@ -272,6 +315,7 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
     ``parallel=True`` trains the seeds of a row at once in threads, where the method allows
     it (pnas). ``workers=N`` trains N rows at once in N processes of one thread each (on a
     GPU machine they share the GPU); the rows and seeds land where one process puts them.
+    ``space="channels"``: SPOS's channel space (:func:`spec`), its own file.
     Every seed of every row records the machine that trained it
     (:func:`nas_tutorial.devices.machine`), so a recorded number is compared bit for bit
     only where it was made.
@@ -281,19 +325,22 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
     if workers < 1:
         raise TableError(f"workers must be at least 1, got {workers}")
     device = resolve_device(device)
-    out = Path(out) if out is not None else default_path(method, preset)
+    factory = _factory(method, space)  # refuses a space the method does not have
+    out = Path(out) if out is not None else default_path(method, table_name(preset, space))
     _check_table_file(out)
+    check_free(out, "file")  # another process making this table: refused, named
     if out.exists() and not resume:
         raise TableError(f"{out} exists; continue it with --resume or name another --out")
     if resume and not out.is_file():
         raise TableError(f"nothing to resume at {out}")
+    held = claim(out, "file")  # one process per table file, from here to the end
     old_threads = torch.get_num_threads()
     if parallel or workers > 1:
         threads = 1  # one thread per training, so trainings run side by side
     if threads is not None and device.type == "cpu":
         set_threads(threads)
     try:
-        s = spec(method, preset, device)
+        s = factory(preset, device)
         here = {"device": device_label(device), **machine(device)}
         old = load(method, preset, out) if resume else None
         if old is None:
@@ -302,6 +349,8 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
                       "seeds": list(range(seeds)), "device": here["device"],
                       "torch": torch.__version__, "created": time.strftime("%Y-%m-%d"),
                       "wall_s": 0.0, "machines": []}
+            if space != "blocks":
+                header["space"] = space
         else:
             header = _resume_header(old, s, out, seeds)
             seeds = header.get("seeds_planned", len(header["seeds"]))
@@ -353,7 +402,7 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
                 land(row, measured, accs, time.perf_counter() - t0)
                 bar.set_postfix(acc=f"{np.mean(accs):.3f}")
         else:
-            _run_workers(jobs, workers, method, preset, str(device), land, bar)
+            _run_workers(jobs, workers, factory, preset, str(device), land, bar)
         bar.close()
         table.rows = [rows[x["key"]] for x in s.rows if x["key"] in rows]
         table._index = {x["key"]: x for x in table.rows}
@@ -362,6 +411,7 @@ def make(method: str, preset: str = "quick", seeds: int | None = None, out=None,
         return table
     finally:
         torch.set_num_threads(old_threads)
+        held.release()
 
 
 def _resume_header(old: Table, s: Spec, out: Path, seeds: int | None) -> dict:
@@ -386,11 +436,11 @@ def _resume_header(old: Table, s: Spec, out: Path, seeds: int | None) -> dict:
     return header
 
 
-def _run_workers(jobs, workers, method, preset, device, land, bar) -> None:
+def _run_workers(jobs, workers, factory, preset, device, land, bar) -> None:
     """Train ``jobs`` (row, seeds, measure?) in ``workers`` processes of one thread each and
     ``land`` every finished row. At most two rows per worker are in flight, so a stopped run
-    loses little; Ctrl-C stops the workers and keeps every landed row."""
-    factory = _SPECS[method]
+    loses little; Ctrl-C stops the workers and keeps every landed row. ``factory(preset,
+    device)`` makes the spec in each worker."""
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, initargs=(factory, preset, device))
     pending, queue = {}, list(jobs)
@@ -445,14 +495,15 @@ def _check_table_file(out: Path) -> None:
 
 
 def cli_table(method, preset="quick", seeds=None, out=None, resume=False, threads=None,
-              limit=None, parallel=False, device="cpu", workers=1) -> dict:
+              limit=None, parallel=False, device="cpu", workers=1, space="blocks") -> dict:
     """``nas-tutorial table METHOD``: make (or resume, or extend) a table and print its
     summary."""
     name = preset or "quick"
     table = make(method, name, seeds, out, resume, device=device, threads=threads,
-                 limit=limit, parallel=parallel, workers=workers)
-    return {"table": table, "path": Path(out) if out else default_path(method, name)}
+                 limit=limit, parallel=parallel, workers=workers, space=space)
+    return {"table": table,
+            "path": Path(out) if out else default_path(method, table_name(name, space))}
 
 
 __all__ = ["METHODS", "Spec", "Table", "TableError", "spec", "summarize", "load", "make",
-           "retrain", "check_protocol", "default_path", "cli_table"]
+           "retrain", "check_protocol", "default_path", "cli_table", "table_name"]

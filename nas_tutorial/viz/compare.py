@@ -96,6 +96,32 @@ def plot_gaps(methods: dict, title="each search minus its random baseline at equ
     return fig
 
 
+def plot_intervals(effects: dict, title="each search against random search, judged by truth",
+                   unit="difference in truth (search - random)"):
+    """A forest plot: one row per study, its mean effect as a dot and its 95% interval
+    (bootstrap over search seeds, :func:`nas_tutorial.run.compare.interval`) as a bar, the
+    zero line drawn: an interval across it means the seeds do not show an effect.
+    ``effects``: ``{label: {"mean", "low", "high", "n"}}``, all in the one ``unit``."""
+    import plotly.graph_objects as go
+
+    labels = list(effects)[::-1]  # the first at the top
+    fig = go.Figure()
+    for label in labels:
+        e = effects[label]
+        color = "#888888" if e["low"] <= 0 <= e["high"] else "#1f77b4"
+        fig.add_trace(go.Scatter(
+            x=[e["mean"]], y=[label], mode="markers", showlegend=False,
+            marker=dict(size=11, color=color),
+            error_x=dict(type="data", symmetric=False, array=[e["high"] - e["mean"]],
+                         arrayminus=[e["mean"] - e["low"]], color=color, thickness=2, width=8),
+            hovertemplate=(f"{label}: %{{x:+.4f}}, 95% interval [{e['low']:+.4f}, "
+                           f"{e['high']:+.4f}] over {e['n']} seeds<extra></extra>")))
+    fig.add_vline(x=0, line_color="#444444")
+    fig.update_layout(title=title, height=120 + 60 * len(labels), xaxis_title=unit,
+                      margin=dict(l=220, r=30, t=60, b=50))
+    return fig
+
+
 def plot_placement(table, groups: dict, baseline: dict | None = None,
                    title="found cells among the table's random cells"):
     """Where found cells land among the table's random cells, on one accuracy axis: every
