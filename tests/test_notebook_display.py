@@ -177,3 +177,17 @@ def test_a_resumed_or_silent_bar_estimates_from_its_own_steps(capsys):
     resumed.close()
     out = capsys.readouterr()
     assert "this run will take" not in out.out + out.err
+
+
+def test_the_teachers_handout_marks_model_answers_with_a_small_note(tmp_path):
+    """Issue 28: nbgrader's markers in a markdown cell were large headings in the HTML."""
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    nb = new_notebook(cells=[new_markdown_cell("**Model answers (for teachers)**\n\n"
+                                               "### BEGIN SOLUTION\n1. An answer.\n"
+                                               "### END SOLUTION")])
+    src = tmp_path / "answers.ipynb"
+    nbformat.write(nb, src)
+    html = handouts.export(src, tmp_path / "out").read_text(encoding="utf-8")
+    assert "BEGIN SOLUTION" not in html and "END SOLUTION" not in html
+    assert "Teacher's answer" in html and "An answer." in html

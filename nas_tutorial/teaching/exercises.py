@@ -161,6 +161,33 @@ def _run_crossover(fn):
             raise _Failure(f"parents of {length} genes: gene {lazy[0]} always came from the "
                            f"same parent in 200 children (hint: draw each gene's parent at "
                            f"random, independently)")
+    # Uniform crossover: each gene's parent is a fair coin, independent of its neighbour's.
+    # A one-point (or two-point) crossover passes every check above; here neighbours come
+    # from the same parent in about 95% of pairs instead of 50%.
+    a, b = (0,) * 20, (1,) * 20
+    children = [fn(a, b, random.Random(1000 + t)) for t in range(400)]
+    from_a = sum(c == 0 for child in children for c in child) / (400 * 20)
+    same = sum(x == y for child in children for x, y in zip(child, child[1:])) / (400 * 19)
+    if not 0.4 < from_a < 0.6:
+        raise _Failure(f"400 children of 20 genes took {from_a:.0%} of their genes from the "
+                       f"first parent, expected about 50% (hint: each parent with "
+                       f"probability 1/2)")
+    if not 0.4 < same < 0.6:
+        raise _Failure(f"neighbouring genes came from the same parent in {same:.0%} of pairs, "
+                       f"expected about 50% (hint: draw every gene's parent on its own, not "
+                       f"one cut point)")
+    # the given rng decides: the same rng state gives the same child, whatever the global
+    # random module has done meanwhile
+    state = random.getstate()
+    try:
+        random.seed(1)
+        first = fn(a, b, random.Random(7))
+        random.seed(2)
+        if fn(a, b, random.Random(7)) != first:
+            raise _Failure("the same rng gave two different children (hint: draw from the "
+                           "rng you are given, not from the global random module)")
+    finally:
+        random.setstate(state)
 
 
 def _run_recalibrate(fn):
@@ -293,13 +320,18 @@ def check(name: str, fn) -> Result:
     if not callable(fn):
         print(f"✗ {name}: pass your function itself, not {_fmt(fn)}")
         return Result(False)
+    if str(getattr(fn, "__module__", "") or "").startswith("nas_tutorial"):
+        print(f"✗ {name}: that is the library's own {fn.__module__}.{fn.__qualname__}; write "
+              f"your own function")
+        return Result(False)
     try:
         ex.run(fn)
     except NotImplementedError:
         print(f"✗ {name}: not written yet (replace `raise NotImplementedError` with your code)")
         return Result(False)
     except _Failure as e:
-        print(f"✗ {name}: {e}. Hint: {ex.hint}")
+        hint = "" if "(hint:" in str(e) else f". Hint: {ex.hint}"  # one hint per failure
+        print(f"✗ {name}: {e}{hint}")
         return Result(False)
     except Exception as e:  # the learner's code raised: say where, not a traceback
         print(f"✗ {name}: your function raised {type(e).__name__}: {str(e)[:120]}. Hint: {ex.hint}")
@@ -309,6 +341,9 @@ def check(name: str, fn) -> Result:
 
 
 STUB = 'raise NotImplementedError("write your solution here")'
+MARKER_TEXT = "Write the few lines between the markers, then run the cell"
+STUDENT_TEXT = ("Replace the line `raise NotImplementedError(...)` with your few lines, then "
+                "run the cell")
 
 
 def make_student_copies(src="notebooks", out="student") -> list:
@@ -334,7 +369,15 @@ def make_student_copies(src="notebooks", out="student") -> list:
             if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and \
                     cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
+        # teacher-only text goes: model answers (markdown solution cells) as a whole, and
+        # the instruction that names the markers the copy no longer has
+        nb.cells = [c for c in nb.cells if not (
+            c.cell_type == "markdown"
+            and c.get("metadata", {}).get("nbgrader", {}).get("solution"))]
         nb, _ = clear.preprocess(nb, {})
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                cell.source = cell.source.replace(MARKER_TEXT, STUDENT_TEXT)
         target = out / path.name
         nbformat.write(nb, target)
         written.append(target)

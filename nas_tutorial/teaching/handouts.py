@@ -57,13 +57,32 @@ def problems(nb) -> list:
     return found
 
 
+TEACHER_NOTE = "<small><i>Teacher's answer</i></small>"
+
+
+def teacher_notes(nb):
+    """The teacher's handout shows a model answer under a small "Teacher's answer" note: the
+    nbgrader markers of markdown cells (``### BEGIN SOLUTION``, a large heading in HTML)
+    become that note, or go (``### END SOLUTION``). Returns ``nb``, changed in place."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            lines = []
+            for line in cell.source.splitlines():
+                if line.strip() == "### BEGIN SOLUTION":
+                    lines.append(TEACHER_NOTE)
+                elif line.strip() != "### END SOLUTION":
+                    lines.append(line)
+            cell.source = "\n".join(lines)
+    return nb
+
+
 def export(notebook: Path, out_dir: Path) -> Path:
     """``notebook`` as one self-contained HTML file in ``out_dir`` (images inline)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, 4))
+    body, _ = exporter.from_notebook_node(teacher_notes(nbformat.read(notebook, 4)))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (notebook.stem + ".html")
     path.write_text(body, encoding="utf-8")
