@@ -191,3 +191,45 @@ def test_the_teachers_handout_marks_model_answers_with_a_small_note(tmp_path):
     html = handouts.export(src, tmp_path / "out").read_text(encoding="utf-8")
     assert "BEGIN SOLUTION" not in html and "END SOLUTION" not in html
     assert "Teacher's answer" in html and "An answer." in html
+
+
+class _Handle:
+    def __init__(self):
+        self.updates = []
+
+    def update(self, obj):
+        self.updates.append(obj)
+
+
+def test_a_redrawn_figure_becomes_a_new_output_not_an_update_in_place(monkeypatch):
+    """Issue 30: JupyterLab hands an update with the same mime type to the renderer it has,
+    and plotly's ignores it once hovered. Every redraw (controls, LivePlot) first shows a
+    plain-text placeholder, so the figure that follows gets a fresh renderer."""
+    import IPython.display
+    import ipywidgets as W
+    import plotly.graph_objects as go
+
+    from nas_tutorial.viz import notebook
+    from nas_tutorial.training import History
+    from nas_tutorial.viz.shared import LivePlot
+
+    handles = []
+
+    def display(*objs, display_id=None, **kw):
+        if display_id:
+            handles.append(_Handle())
+            return handles[-1]
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    slider = W.IntSlider(value=1, min=1, max=3)
+    notebook.controls(lambda n: go.Figure(layout_title_text=f"n={n}"), n=slider)
+    slider.value = 2
+    first, second = handles[0].updates  # the placeholder, then the new figure
+    assert isinstance(first, IPython.display.Pretty)
+    assert second.obj.layout.title.text == "n=2"  # the figure itself, after the placeholder
+    live = LivePlot()
+    live._ipython_display_()
+    live.update(History(epoch=[1], train_loss=[1.0], train_acc=[0.5], valid_loss=[1.0],
+                        valid_acc=[0.5], lr=[0.1], seconds=[1.0]))
+    first, second = handles[-1].updates
+    assert isinstance(first, IPython.display.Pretty) and second.obj is live.fig

@@ -136,6 +136,22 @@ def displayable(item):
     return item
 
 
+def replace(handle, item) -> None:
+    """Show ``item`` in the place of the output ``handle`` shows, as a new output.
+
+    ``handle.update(item)`` alone asks the front end to update the rendered output in
+    place, and JupyterLab hands it to the renderer it already has (same mime type): the
+    plotly renderer ignores it once the learner has hovered over the figure, which is then
+    interactive and stuck at its first state. JupyterLab reuses a renderer only while the
+    preferred mime type stays the same (``OutputArea._setOutput``), so a plain-text
+    placeholder first, then ``item``,
+    makes it build a fresh renderer each time. The saved notebook keeps the last one."""
+    from IPython.display import Pretty
+
+    handle.update(Pretty("[redrawing]"))
+    handle.update(item)
+
+
 def controls(fn, manual: bool = False, **widgets):
     """Show ``widgets`` and ``fn(**their values)`` below them, redrawn in place.
 
@@ -160,7 +176,7 @@ def controls(fn, manual: bool = False, **widgets):
             handles.extend(display(x, display_id=True) for x in items)
         else:
             for handle, item in zip(handles, items):
-                handle.update(item)
+                replace(handle, item)
 
     render()
     if run is not None:
@@ -171,5 +187,5 @@ def controls(fn, manual: bool = False, **widgets):
     return None
 
 
-__all__ = ["setup", "set_threads", "in_kernel", "controls", "show_widget", "progress_bar",
+__all__ = ["setup", "set_threads", "in_kernel", "controls", "replace", "show_widget", "progress_bar",
            "run_estimate", "NotebookBar", "STATIC_ENV"]

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from ..checkpoints import atomic_write
-from .notebook import displayable
+from .notebook import displayable, replace
 
 # One colour per op, shared by every drawing and legend (colour-blind-safe-ish palette).
 OP_COLORS = {
@@ -198,7 +198,7 @@ class LivePlot:
     def update(self, history) -> None:
         _fill_history(self.fig, history)
         if self._handle is not None:
-            self._handle.update(displayable(self.fig))
+            replace(self._handle, displayable(self.fig))  # a new output: see replace
 
     __call__ = update
 
