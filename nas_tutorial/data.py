@@ -94,6 +94,23 @@ def _shown(root) -> str:
     return "data/" if Path(root).resolve() == default_root().resolve() else str(root)
 
 
+def _reason(e: BaseException) -> str:
+    """Why a download failed, in words: no network, a timeout, or the error's first line
+    (not ``<urlopen error [Errno -2] Name or service not known>``)."""
+    import urllib.error
+
+    inner = getattr(e, "reason", None) if isinstance(e, urllib.error.URLError) else None
+    if isinstance(inner, socket.gaierror) or isinstance(e, socket.gaierror):
+        return "no network: the download server's name could not be resolved"
+    if isinstance(inner, (socket.timeout, TimeoutError)) or isinstance(e, (socket.timeout,
+                                                                           TimeoutError)):
+        return "no network: the download timed out"
+    if isinstance(inner, ConnectionError) or isinstance(e, ConnectionError):
+        return "no network: the connection was refused"
+    text = str(inner if inner is not None else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _load_torchvision(name, train, root, download, timeout_s=30.0):
     import torchvision
 
@@ -103,9 +120,8 @@ def _load_torchvision(name, train, root, download, timeout_s=30.0):
     try:
         ds = cls(root=str(root), train=train, download=download)
     except Exception as e:  # no network, refused, corrupt archive, missing files
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetUnavailable(
-            f"could not load {name} into {_shown(root)} ({reason}); offline choices: "
+            f"could not load {name} into {_shown(root)} ({_reason(e)}); offline choices: "
             f"{offline_choices(name)}") from None
     finally:
         socket.setdefaulttimeout(old)

@@ -95,6 +95,29 @@ def test_failed_download_is_one_line_naming_offline_choices(tmp_path, monkeypatc
     assert "\n" not in msg and "digits" in msg and "synthetic" in msg and "cifar10" in msg
 
 
+@pytest.mark.parametrize("error, words", [
+    ("gaierror", "no network: the download server's name could not be resolved"),
+    ("timeout", "no network: the download timed out"),
+])
+def test_a_failed_download_says_why_in_words(error, words, tmp_path, monkeypatch):
+    """Issue 28: notebook 00 printed a raw ``<urlopen error [Errno -2] ...>``."""
+    import socket
+    import urllib.error
+
+    import torchvision
+
+    reason = socket.gaierror(-2, "Name or service not known") if error == "gaierror" \
+        else socket.timeout("timed out")
+
+    def offline(*a, **k):
+        raise urllib.error.URLError(reason)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DatasetUnavailable) as err:
+        nt.data.load("cifar10", root=tmp_path)
+    assert words in str(err.value) and "urlopen" not in str(err.value)
+
+
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="choose one of"):
         nt.data.load("imagenet")
