@@ -233,3 +233,21 @@ def test_a_redrawn_figure_becomes_a_new_output_not_an_update_in_place(monkeypatc
                         valid_acc=[0.5], lr=[0.1], seconds=[1.0]))
     first, second = handles[-1].updates
     assert isinstance(first, IPython.display.Pretty) and second.obj is live.fig
+
+
+@pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="no graphviz dot")
+def test_drawings_fit_a_1000_px_column():
+    """Issue 28/30: PNASNet-5 and the beams ran off a 1,280-px page. Every drawing is at most
+    about 1,000 px wide (graphviz's size cap; SVG points are 4/3 px)."""
+    import nas_tutorial as nt
+    from nas_tutorial import spos
+    from nas_tutorial.viz import draw_cell, draw_genotype
+    from nas_tutorial.viz.spos import draw_path
+
+    drawings = [draw_genotype(g) for g in nt.GENOTYPES.values()]
+    drawings += [draw_cell(nt.GENOTYPES["PNASNET_5"], "normal"),
+                 draw_path(spos.PUBLISHED_PATH, spos.IMAGENET)]
+    for g in drawings:
+        svg = g.pipe(format="svg").decode()
+        width = float(re.search(r'<svg width="([\d.]+)pt"', svg).group(1)) * 4 / 3
+        assert width <= 1000, (g.name, width)

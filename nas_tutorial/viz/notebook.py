@@ -144,8 +144,8 @@ def replace(handle, item) -> None:
     plotly renderer ignores it once the learner has hovered over the figure, which is then
     interactive and stuck at its first state. JupyterLab reuses a renderer only while the
     preferred mime type stays the same (``OutputArea._setOutput``), so a plain-text
-    placeholder first, then ``item``,
-    makes it build a fresh renderer each time. The saved notebook keeps the last one."""
+    placeholder first, then ``item``, makes it build a fresh renderer each time. The saved
+    notebook keeps the last one."""
     from IPython.display import Pretty
 
     handle.update(Pretty("[redrawing]"))

@@ -66,12 +66,17 @@ def _drawing_class():
     return _DRAWING[0]
 
 
+# Graphviz's size (inches at 72 points each): a drawing wider than about 1,000 px (an output
+# column of JupyterLab or a handout page) is scaled down to fit; smaller ones keep theirs.
+MAX_SIZE = "10.4,40"
+
+
 def new_digraph(name, size=None):
-    """An empty left-to-right drawing (a ``graphviz.Digraph``) in the package style."""
+    """An empty left-to-right drawing (a ``graphviz.Digraph``) in the package style, at
+    most :data:`MAX_SIZE` unless ``size`` says otherwise."""
     g = _drawing_class()(name, format="svg")
     g.attr(rankdir="LR", fontname="Helvetica", bgcolor="transparent")
-    if size:
-        g.attr(size=size)
+    g.attr(size=size or MAX_SIZE)
     g.attr("node", style="filled,rounded", shape="box", fontname="Helvetica", fontsize="12",
            height="0.35")
     g.attr("edge", fontname="Helvetica", fontsize="10", penwidth="1.6")
