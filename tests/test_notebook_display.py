@@ -251,3 +251,14 @@ def test_drawings_fit_a_1000_px_column():
         svg = g.pipe(format="svg").decode()
         width = float(re.search(r'<svg width="([\d.]+)pt"', svg).group(1)) * 4 / 3
         assert width <= 1000, (g.name, width)
+
+
+def test_handouts_render_their_maths_offline(tmp_path):
+    """Issue 28: MathJax came from a CDN, so an offline classroom saw raw TeX. The maths is
+    MathML now, and nothing in the handout loads from the network."""
+    path = ROOT / "notebooks" / "04_spos.ipynb"
+    html = handouts.export(path, tmp_path).read_text(encoding="utf-8")
+    assert "cdnjs" not in html and "mathjax" not in html.lower()
+    assert html.count("<math") >= 5 and 'display="block"' in html
+    assert "$\\tau$" not in html  # the markdown's TeX is gone, as MathML
+    assert handouts.offline_math("`$HOME` costs 5$", {}) == "`$HOME` costs 5$"

@@ -76,13 +76,58 @@ def teacher_notes(nb):
     return nb
 
 
+# $$display$$ or $inline$ maths (not an escaped or doubled dollar, no space inside the ends)
+_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?![\s$])([^$\n]+?)(?<!\s)\$", re.S)
+_MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+# scripts the template loads from a CDN: require.js, and mermaid (for diagrams these
+# notebooks do not have); a handout must open offline with nothing missing
+_CDN_SCRIPTS = re.compile(r"<script[^>]*>(?:(?!</script>).)*?cdnjs(?:(?!</script>).)*?</script>"
+                          r"|<script[^>]*cdnjs[^>]*>\s*</script>", re.S)
+_TEX_FIXES = {r"\arg": r"\operatorname{arg}"}  # what latex2mathml does not know
+
+
+def _mathml(tex: str, display: bool) -> str:
+    from latex2mathml.converter import convert
+
+    for old, new in _TEX_FIXES.items():
+        tex = tex.replace(old, new)
+    return convert(tex.strip(), display="block" if display else "inline")
+
+
+def offline_math(text: str, found: dict) -> str:
+    """The TeX of a markdown cell as placeholders, its MathML in ``found`` (placeholder ->
+    MathML), put back into the exported HTML by :func:`export`: browsers render MathML
+    themselves, so a handout opened offline shows its maths (MathJax came from a CDN). The
+    markdown renderer never sees the MathML, whose tags it would take apart. Code spans are
+    left as they are; TeX that does not convert stays TeX."""
+    def sub(m):
+        display = m.group(1) is not None
+        try:
+            mathml = _mathml(m.group(1) if display else m.group(2), display)
+        except Exception:  # noqa: BLE001  (an unknown command: keep the TeX readable)
+            return m.group(0)
+        key = f"NASTUTORIALMATH{len(found):05d}X"
+        found[key] = mathml
+        return key
+
+    parts = re.split(r"(`[^`\n]*`)", text)
+    return "".join(p if p.startswith("`") else _MATH.sub(sub, p) for p in parts)
+
+
 def export(notebook: Path, out_dir: Path) -> Path:
     """``notebook`` as one self-contained HTML file in ``out_dir`` (images inline)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(embed_images=True)
-    body, _ = exporter.from_notebook_node(teacher_notes(nbformat.read(notebook, 4)))
+    nb, maths = teacher_notes(nbformat.read(notebook, 4)), {}
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = offline_math(cell.source, maths)
+    body, _ = exporter.from_notebook_node(nb)
+    body = _CDN_SCRIPTS.sub("", _MATHJAX.sub("", body))  # the maths is MathML now
+    for key, mathml in maths.items():
+        body = body.replace(key, mathml)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (notebook.stem + ".html")
     path.write_text(body, encoding="utf-8")
