@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from nas_tutorial.run.measure import time_steps  # the library's timing and memory probe
+from nas_tutorial.run.measure import count_ops, time_steps  # the library's probes
 
 
 def _parser():
@@ -158,6 +158,7 @@ def measure_reference(k: int, args) -> dict:
 
     times, cpu_times, peak_mb = time_steps(step, args.steps, device)
     return {"k": k, "impl": "official-style", "batch": args.batch, "device": str(device),
+            "ops": count_ops(step),
             "threads": args.threads, "step_s": statistics.median(times),
             "cpu_s": statistics.median(cpu_times),
             "peak_mb": peak_mb,
@@ -210,6 +211,7 @@ def main(argv=None) -> list:
             rows[-1]["official_step_s"] = statistics.median(r["step_s"] for r in theirs)
             rows[-1]["official_peak_mb"] = max(r["peak_mb"] for r in theirs)
             rows[-1]["official_step_s_rounds"] = [r["step_s"] for r in theirs]
+            rows[-1]["official_ops"] = theirs[0].get("ops")
             print(f"  K={k} official-style: {rows[-1]['official_step_s']:.2f} s/step, "
                   f"{rows[-1]['official_peak_mb']:.0f} MB", flush=True)
     layouts = []
@@ -238,19 +240,21 @@ def main(argv=None) -> list:
           f"{args.image_size}x{args.image_size}x3, C={args.C}, {args.layers} cells, "
           f"{rows[0]['device']}" + (f", {args.threads} threads" if not cuda else ", bf16"))
     print(f"{'method':<10}{'K':>3}{'params':>10}{'step s':>9}{'cpu s':>8}{'x DARTS':>9}"
-          f"{'peak MB':>10}{'x DARTS':>9}" + (f"{'official s':>12}{'speed-up':>10}"
-                                              if official else ""))
+          f"{'peak MB':>10}{'x DARTS':>9}{'ops':>9}" + (
+              f"{'official s':>12}{'speed-up':>10}{'off. ops':>10}" if official else ""))
     for r in rows:
         r["time_ratio"] = r["step_s"] / ref["step_s"]
         r["memory_ratio"] = r["peak_mb"] / ref["peak_mb"]
         name = "DARTS" if r["k"] == 1 else "PC-DARTS"
         print(f"{name:<10}{r['k']:>3}{r['params']:>10,}{r['step_s']:>9.2f}{r['cpu_s']:>8.2f}"
               f"{r['time_ratio']:>9.2f}{r['peak_mb']:>10.0f}{r['memory_ratio']:>9.2f}"
+              f"{r.get('ops') or 0:>9,}"
               + (f"{r['official_step_s']:>12.2f}{r['official_step_s'] / r['step_s']:>10.2f}"
-                 if "official_step_s" in r else ""))
+                 f"{r.get('official_ops') or 0:>10,}" if "official_step_s" in r else ""))
     if official:
         print("official s: the same step written like the official code "
               "(benchmarks/reference_pc_darts.py) on this machine; speed-up = official / ours")
+    print("ops: aten operators one step dispatches, nested calls counted (torch.profiler)")
     return rows
 
 

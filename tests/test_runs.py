@@ -30,3 +30,18 @@ def test_search_step_table_reads_the_shipped_benchmark_record():
               if row.get("raw", {}).get("k") == 8 and "layout" in row["raw"])
     if k8["layout"]["nhwc_ratio"] is None:
         assert lines[-1].rstrip().endswith("failed")
+
+
+def test_the_operator_count_sees_nested_calls():
+    """Issue 26: `make bench` reports the aten operators a step dispatches, nested ones
+    counted (F.linear dispatches aten::linear and, inside it, its matmul)."""
+    import torch
+    import torch.nn.functional as F
+
+    from nas_tutorial.run.measure import count_ops
+
+    x, w = torch.randn(4, 3), torch.randn(5, 3)
+    one = count_ops(lambda: torch.relu(x))
+    linear = count_ops(lambda: F.linear(x, w))
+    assert one >= 1 and linear > 1
+    assert count_ops(lambda: [torch.relu(x) for _ in range(10)]) == 10 * one

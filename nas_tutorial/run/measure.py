@@ -76,12 +76,24 @@ def time_steps(step, steps: int, device) -> tuple:
     return times, cpu_times, (_peak_rss() - base_kb) / 1024
 
 
+def count_ops(step) -> int:
+    """The aten operators one call of ``step()`` dispatches, nested calls counted (PyTorch's
+    profiler): on a small supernet the step's cost is mostly per operator, so this is the
+    number the fused cells bring down."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
 def search_step(k: int, C: int = 16, layers: int = 8, batch: int = 32, image_size: int = 32,
                 steps: int = 5, threads: int = 1, device="auto", compile: bool = False,
-                unrolled: bool = False) -> dict:
+                unrolled: bool = False, count: bool = True) -> dict:
     """Median time (wall and CPU seconds) and peak memory (MB above the model's) of
     ``steps`` search steps at partial-channel ``k`` (``k=1``: DARTS, no edge normalization)
-    on random CIFAR-shaped batches, after one warm-up step."""
+    on random CIFAR-shaped batches, after one warm-up step; with ``count``, the operators
+    one more step dispatches (:func:`count_ops`)."""
     device = resolve_device(device)
     cuda = device.type == "cuda"
     torch.set_num_threads(threads)
@@ -108,7 +120,8 @@ def search_step(k: int, C: int = 16, layers: int = 8, batch: int = 32, image_siz
         opt.step()
 
     times, cpu_times, peak_mb = time_steps(step, steps, device)
-    return {"k": k, "edge_norm": k > 1, "batch": batch, "device": str(device),
+    ops = count_ops(step) if count else None  # after the timing: the profiler costs time
+    return {"k": k, "edge_norm": k > 1, "batch": batch, "device": str(device), "ops": ops,
             "threads": threads, "step_s": statistics.median(times),
             # CPU seconds of this process: on a shared machine, with 1 thread, the wall time
             # the step would take on an idle core
