@@ -325,3 +325,23 @@ def test_the_spos_study_judges_both_searches_by_trainings_they_did_not_see(tmp_p
     again = cmp.spos_truth_study(fitness, cfg, train_path, seeds=range(3), train_seeds=2,
                                  cache=cache, progress=False)
     assert len(calls) == 2 * len(picks) and again["rows"] == study["rows"]
+
+
+def test_random_search_judged_by_the_seeds_that_did_not_pick():
+    """Selecting on one seed and reporting the mean of the others: a row lucky on one seed
+    only is picked by that seed and judged by the rest."""
+    from nas_tutorial.groundtruth import Table
+
+    rows = [{"key": "lucky", "group": "random", "arch": [0], "accuracy": [0.9, 0.5, 0.5, 0.5]},
+            {"key": "good", "group": "random", "arch": [1], "accuracy": [0.7, 0.7, 0.7, 0.7]}]
+    table = Table("pc-darts", {"seeds": [0, 1, 2, 3]}, rows)
+    r = cmp.random_search(table, 2, report="others")
+    # n=2 draws with replacement: "lucky" is among them with probability 3/4, and so is
+    # "good". Seed 0 picks "lucky" when drawn, judged by seeds 1-3 (0.5), else "good" (0.7);
+    # seeds 1-3 pick "good" when drawn (0.7), else "lucky", judged by the other three seeds
+    seed0 = 0.75 * 0.5 + 0.25 * 0.7
+    others = 0.75 * 0.7 + 0.25 * (0.9 + 0.5 + 0.5) / 3
+    want = (seed0 + 3 * others) / 4
+    assert r["mean"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="report must be"):
+        cmp.random_search(table, 2, report="mean")

@@ -676,6 +676,10 @@ def test_cli_resume_with_retrain_places_the_saved_run(tmp_path, capsys, monkeypa
     s = json.loads((out / "summary.json").read_text())
     r, r0 = s["results"], first["results"]
     assert r["genotype"] == r0["genotype"] and r["retrain_accuracy"] == 0.5
+    # issue 27: the truth keys of every method; the found cell's is its retraining, random
+    # search's the mean of the seeds that did not pick its cell (here both seeds agree)
+    assert r["best_truth"] == 0.5 and r["percentile_truth"] == 50.0
+    assert r["random_budget"] >= 1 and 0.2 <= r["random_best_truth"] <= 0.8
     assert trained == [(pc.Genotype.from_dict(r0["genotype"]), 0, "cpu")]
     assert s["config"]["epochs"] == 1 and s["wall_s"] == pytest.approx(first["wall_s"])
     assert searches.table_preset(pc.SearchConfig(**s["config"])) == "quick"

@@ -533,13 +533,18 @@ def _summary_of(vals, pmf, n, quantiles):
     return out
 
 
-def random_search(table, n: int, group: str = "random", quantiles=(0.05, 0.5, 0.95)) -> dict:
+def random_search(table, n: int, group: str = "random", quantiles=(0.05, 0.5, 0.95),
+                  report: str = "next") -> dict:
     """Random search with ``n`` cells, scored as a searched cell is: draw ``n`` rows of the
     ``group`` (with replacement), keep the one whose training with one seed is best, and
     report its training with the *other* seed (DARTS Sec. 3.3: random cells are selected
     on one training, then retrained). Exact over the draws, averaged over which seed
     selects; needs a table of at least two seeds. Mean and quantiles of the reported
-    accuracy, the baseline a found cell (one training, unselected) is set against."""
+    accuracy, the baseline a found cell (one training, unselected) is set against.
+    ``report="others"``: the mean of every seed but the one that selected, the truth of the
+    cell random search picked (the selecting seed left out, as its luck chose the cell)."""
+    if report not in ("next", "others"):
+        raise ValueError(f"report must be 'next' or 'others', got {report!r}")
     import numpy as np
 
     rows = [r for r in table.complete() if r["group"] == group]
@@ -551,7 +556,10 @@ def random_search(table, n: int, group: str = "random", quantiles=(0.05, 0.5, 0.
     seeds = acc.shape[1]
     for sel in range(seeds):  # select on seed `sel`, report the next seed
         order, pmf = _best_of_n_weights(acc[:, sel], n)
-        vals.append(acc[order, (sel + 1) % seeds])
+        if report == "next":
+            vals.append(acc[order, (sel + 1) % seeds])
+        else:
+            vals.append((acc[order].sum(1) - acc[order, sel]) / (seeds - 1))
         weights.append(pmf / seeds)
     return _summary_of(np.concatenate(vals), np.concatenate(weights), n, quantiles)
 

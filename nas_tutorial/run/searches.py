@@ -35,7 +35,7 @@ from ..groundtruth import TableError
 from ..viz import pnas as pnas_viz
 from ..viz import spos as spos_viz
 from . import folders as rf
-from . import records, tables
+from . import compare, records, tables
 
 # The top-level keys of every summary.json, whatever the method.
 SUMMARY_KEYS = ("method", "preset", "seed", "device", "torch", "machine", "processes",
@@ -265,10 +265,18 @@ def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unro
         with distributed.alone():  # rank 0 retrains by itself (the others have ended)
             placed = tables.retrain("pc-darts", g.to_dict(), config.seed, table_name,
                                     retrain_device, table=table, progress=True)
+        budget = compare.equal_budget_draws(sum(h.seconds), placed["seconds"])
         results.update({"retrain_accuracy": placed["accuracy"],
                         "reference_percentile": placed["percentile"],
                         # among the random cells judged by their truth, the seed mean
                         "percentile_truth": table.percentile_of_means(placed["accuracy"]),
+                        # the found cell is not in the table: its truth is this retraining;
+                        # random search with the same compute, judged by the seeds that
+                        # did not pick its cell
+                        "best_truth": placed["accuracy"],
+                        "random_best_truth": compare.random_search(
+                            table, budget, report="others")["mean"],
+                        "random_budget": budget,
                         "random_median": placed["random_median"],
                         "retrain_s": placed["seconds"], "retrain_device": retrain_device.type})
         w.json("summary", "summary.json", s)
