@@ -6,7 +6,8 @@ the paper's setting: train once, search many times), search seeds 0-19 (fixed be
 looking) each run evolution and a random search with as many evaluations; the best path of
 each is judged by its truth, the mean of four stand-alone trainings with the ``spos``
 table's protocol (:func:`nas_tutorial.run.compare.spos_truth_study`). The trainings are
-kept in ``...-truth-study.partial.json`` as they go: run it again to resume.
+kept in ``...-truth-study.partial.json`` as they go (run it again to resume), which goes
+once the study is recorded.
 
     python benchmarks/spos_truth_study.py --space channels   # about an hour on one core
 """
@@ -49,12 +50,13 @@ def main():
     except TableError:
         table = None
     spec = tables.spec("spos", "quick", "cpu", space=args.space)
-    study = compare.spos_truth_study(
-        ev, cfg, spec.train, seeds=range(args.seeds), train_seeds=4, table=table,
-        cache=ROOT / "data" / "runs" / f"{name.removesuffix('-seed0')}-truth-study.partial.json")
+    partial = ROOT / "data" / "runs" / f"{name.removesuffix('-seed0')}-truth-study.partial.json"
+    study = compare.spos_truth_study(ev, cfg, spec.train, seeds=range(args.seeds), train_seeds=4,
+                                     table=table, cache=partial)
     ev.save_cache(folder / "fitness.json")
     out = records.record("spos-truth-study", study, device="cpu",
                          name=f"{name.removesuffix('-seed0')}-truth-study")
+    partial.unlink(missing_ok=True)  # the record holds every training
     d = study["difference"]
     print(f"{out}: evolution - random in truth {d['mean']:+.4f} "
           f"[{d['low']:+.4f}, {d['high']:+.4f}], evolution >= random in "
