@@ -262,3 +262,22 @@ def test_handouts_render_their_maths_offline(tmp_path):
     assert html.count("<math") >= 5 and 'display="block"' in html
     assert "$\\tau$" not in html  # the markdown's TeX is gone, as MathML
     assert handouts.offline_math("`$HOME` costs 5$", {}) == "`$HOME` costs 5$"
+
+
+def test_efficiency_bands_are_the_interval_of_the_mean():
+    """Issue 27: efficiency curves carry the 95% interval of the mean over seeds, which holds
+    the mean, narrows with more seeds, and is empty when the seeds agree."""
+    import numpy as np
+
+    from nas_tutorial.viz.shared import mean_interval
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.7, 0.01, (5, 8)), rng.normal(0.7, 0.01, (80, 8))
+    for curves in (few, many):
+        mean, lo, hi = mean_interval(curves)
+        assert (lo <= mean).all() and (mean <= hi).all()
+    width = lambda c: np.mean(mean_interval(c)[2] - mean_interval(c)[1])  # noqa: E731
+    assert width(many) < width(few) / 2
+    same = np.tile(np.linspace(0.5, 0.7, 8), (6, 1))
+    mean, lo, hi = mean_interval(same)
+    assert np.allclose(lo, mean) and np.allclose(hi, mean)

@@ -101,7 +101,8 @@ def plot_efficiency(result):
 
 def plot_efficiency_study(results, seed_sd: float | None = None):
     """The efficiency figure over several search seeds: best B-block cell so far vs models
-    trained, mean line and min-max band for PNAS and for random search. ``seed_sd`` (the
+    trained, mean line and the 95% interval of the mean (bootstrap over the seeds) for PNAS
+    and for random search. ``seed_sd`` (the
     table's seed-to-seed SD of one training) is drawn as a band around PNAS's final mean:
     a gap between the curves smaller than that band is noise."""
     import warnings
@@ -116,8 +117,8 @@ def plot_efficiency_study(results, seed_sd: float | None = None):
         for source in ("pnas", "random"):
             curves = [r.best_so_far(source, blocks=b) for r in results]
             n = min(len(c) for c in curves)
-            add_band(fig, range(1, n + 1), [c[:n] for c in curves], f"{source} (mean, min-max)",
-                  _COLORS[source])
+            add_band(fig, range(1, n + 1), [c[:n] for c in curves],
+                     f"{source} (mean, 95% interval)", _COLORS[source], band="interval")
         final = float(np.nanmean([r.best_so_far("pnas", blocks=b)[-1] for r in results]))
     if seed_sd:
         fig.add_hrect(y0=final - seed_sd, y1=final + seed_sd, fillcolor="#999999",

@@ -213,14 +213,37 @@ class LivePlot:
         self._handle = display(displayable(self.fig), display_id=True)
 
 
-def add_band(fig, x, curves, name, color, row=None, col=None):
-    """Add the mean of ``curves`` (one list per seed, NaN allowed) as a step line and their
-    min-max as a shaded band: how the method does, and how far seeds spread around it."""
+def mean_interval(curves, level: float = 0.95, resamples: int = 2000, seed: int = 0):
+    """The mean of ``curves`` (seeds x points, NaN allowed) at each point and its ``level``
+    bootstrap interval over the seeds (the curves resampled whole, so the band is the
+    uncertainty of the mean curve; a fixed resampling seed keeps it reproducible)."""
+    import warnings
+
+    import numpy as np
+
+    a = np.asarray(curves, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(resamples, len(a)))
+    with warnings.catch_warnings():  # points before a curve starts are all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(a[idx], axis=1)  # (resamples, points)
+        q = (1 - level) / 2
+        return (np.nanmean(a, 0), np.nanquantile(means, q, axis=0),
+                np.nanquantile(means, 1 - q, axis=0))
+
+
+def add_band(fig, x, curves, name, color, row=None, col=None, band: str = "minmax"):
+    """Add the mean of ``curves`` (one list per seed, NaN allowed) as a step line and a
+    shaded band: ``band="minmax"``, how far the seeds spread around it; ``"interval"``, the
+    95% bootstrap interval of the mean (:func:`mean_interval`), how sure the mean is."""
     import numpy as np
     import plotly.graph_objects as go
 
     a = np.asarray(curves, dtype=float)
-    lo, hi, mean = np.nanmin(a, 0), np.nanmax(a, 0), np.nanmean(a, 0)
+    if band == "interval":
+        mean, lo, hi = mean_interval(a)
+    else:
+        lo, hi, mean = np.nanmin(a, 0), np.nanmax(a, 0), np.nanmean(a, 0)
     kw = dict(row=row, col=col) if row else {}
     fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo[::-1]),
                              fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),

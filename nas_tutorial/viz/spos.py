@@ -139,7 +139,8 @@ def plot_ranking(rank: dict, title=None):
 
 def plot_search_study(study, title=None):
     """Best fitness so far against paths evaluated, evolution vs random search over several
-    search seeds (:func:`~nas_tutorial.spos.search_study`): mean line, min-max band."""
+    search seeds (:func:`~nas_tutorial.spos.search_study`): mean line and the 95% interval of
+    the mean (bootstrap over the seeds)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -152,8 +153,8 @@ def plot_search_study(study, title=None):
                 curve.append(best)
             curves.append(curve)
         n = min(len(c) for c in curves)
-        add_band(fig, range(1, n + 1), [c[:n] for c in curves], f"{name} (mean, min-max)",
-                 METHOD_COLORS[name])
+        add_band(fig, range(1, n + 1), [c[:n] for c in curves], f"{name} (mean, 95% interval)",
+                 METHOD_COLORS[name], band="interval")
     fig.update_layout(title=title or f"best path so far, {len(study)} search seeds",
                       xaxis_title="paths evaluated", yaxis_title="best supernet accuracy",
                       height=360, margin=dict(l=50, r=20, t=50, b=40))
