@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from nas_tutorial.run.measure import count_ops, time_steps  # the library's probes
+from nas_tutorial.run.measure import count_ops, step_function, time_steps  # the library's probes
 
 
 def _parser():
@@ -51,6 +51,9 @@ def _parser():
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-layouts", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-reference", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-cells", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-cells", action="store_true",
+                   help="skip the fused vs unfused cells comparison per K")
     return p
 
 
@@ -59,10 +62,75 @@ def measure(k: int, args) -> dict:
     library's :func:`nas_tutorial.run.measure.search_step`, which notebook 03 uses too)."""
     from nas_tutorial.run.measure import search_step
 
-    return search_step(k, C=args.C, layers=args.layers, batch=args.batch,
-                       image_size=args.image_size, steps=args.steps, threads=args.threads,
-                       device=args.device, compile=args.compile,
-                       unrolled=getattr(args, "unrolled", False))
+    row = search_step(k, C=args.C, layers=args.layers, batch=args.batch,
+                      image_size=args.image_size, steps=args.steps, threads=args.threads,
+                      device=args.device, compile=args.compile,
+                      unrolled=getattr(args, "unrolled", False))
+    if row["device"] == "cpu":  # the operator count at the size issue 26 states its goal in
+        for fused in (True, False):
+            count = search_step(k, C=args.C, layers=args.layers, batch=8,
+                                image_size=args.image_size, steps=1, threads=1, device="cpu",
+                                fused=fused)
+            row["ops_b8_fused" if fused else "ops_b8_unfused"] = count["ops"]
+    return row
+
+
+def measure_cells(k: int, args) -> dict:
+    """Step time of the same search step with the fused cells (``fast/fused.py``) and with
+    the unfused fast cells, equal weights, the two timed in alternation (A/B, the first of
+    each pair alternating); decides :data:`nas_tutorial.fast.pc_darts.CPU_FUSED`. Each
+    model in the layout the search gives it."""
+    import copy
+
+    import torch
+
+    from nas_tutorial.data import resolve_device
+    from nas_tutorial.fast.pc_darts import apply_layout
+    from nas_tutorial.methods.pc_darts import SearchNetwork, get_config, weight_optimizer
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1)
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    x0, xv0 = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    y, yv = (torch.randint(0, 10, (args.batch,), device=device) for _ in range(2))
+    base = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1, fast=True)
+    steps = {}
+    for name, fused in (("unfused", False), ("fused", True)):
+        model = SearchNetwork(args.C, 10, args.layers, k=k, edge_norm=k > 1, fast=True,
+                              fused=fused)
+        model.load_state_dict(copy.deepcopy(base.state_dict()))
+        model.to(device)
+        fmt = (torch.channels_last if apply_layout(model, cfg, device)
+               else torch.contiguous_format)
+        x, xv = x0.contiguous(memory_format=fmt), xv0.contiguous(memory_format=fmt)
+        steps[name] = step_function(model, cfg, device, weight_optimizer(model, cfg), x, y, xv, yv)
+    times = _alternate(steps, args.steps, device)
+    fused, unfused = statistics.median(times["fused"]), statistics.median(times["unfused"])
+    return {"k": k, "device": str(device), "threads": args.threads, "batch": args.batch,
+            "fused_s": fused, "unfused_s": unfused, "fused_ratio": fused / unfused,
+            "faster": "fused" if fused < unfused else "unfused"}
+
+
+def _alternate(steps: dict, n: int, device) -> dict:
+    """Times of ``n`` calls of each step, one warm-up each, in alternation (the first of
+    each round alternating), so that a change in machine load hits all alike."""
+    import torch
+
+    times = {name: [] for name in steps}
+    for name in steps:  # warm-up
+        steps[name]()
+    for i in range(n):
+        for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            steps[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def measure_layouts(k: int, args) -> dict:
@@ -76,12 +144,10 @@ def measure_layouts(k: int, args) -> dict:
     import copy
 
     import torch
-    import torch.nn.functional as F
 
     from nas_tutorial.data import resolve_device
     from nas_tutorial.fast.pc_darts import ops_to
-    from nas_tutorial.methods.pc_darts import Architect, SearchNetwork, get_config
-    from nas_tutorial.training import autocast
+    from nas_tutorial.methods.pc_darts import SearchNetwork, get_config
 
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -100,32 +166,11 @@ def measure_layouts(k: int, args) -> dict:
             fmt = torch.contiguous_format  # the network and its batches stay NCHW
         else:
             model.to(memory_format=fmt)
-        arch = Architect(model, cfg, device)
         opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9,
                               weight_decay=3e-4)
         x, xv = x0.contiguous(memory_format=fmt), xv0.contiguous(memory_format=fmt)
-
-        def step(model=model, arch=arch, opt=opt, x=x, xv=xv):
-            arch.step(x, y, xv, yv, cfg.lr, opt)
-            with autocast(device, cfg.amp):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=model.weight_parameters())
-            torch.nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
-            opt.step()
-        steps[name] = step
-    times = {name: [] for name in steps}
-    for name in steps:  # warm-up
-        steps[name]()
-    for i in range(args.steps):
-        for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            steps[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
+        steps[name] = step_function(model, cfg, device, opt, x, y, xv, yv)
+    times = _alternate(steps, args.steps, device)
     nchw, nhwc = statistics.median(times["nchw"]), statistics.median(times["nhwc"])
     return {"k": k, "device": str(device), "threads": args.threads, "batch": args.batch,
             "nchw_s": nchw, "nhwc_s": nhwc, "nhwc_ratio": nhwc / nchw, "nhwc_scope": scope,
@@ -168,22 +213,22 @@ def measure_reference(k: int, args) -> dict:
 def main(argv=None) -> list:
     args = _parser().parse_args(argv)
     if args.child is not None:
-        fn = (measure_layouts if args.child_layouts else
-              measure_reference if args.child_reference else measure)
+        fn = (measure_layouts if args.child_layouts else measure_cells if args.child_cells
+              else measure_reference if args.child_reference else measure)
         print(json.dumps(fn(args.child, args)))
         return []
     import torch
 
     ks = [int(k) for k in args.ks.split(",")]
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    def child(k, reference=False, layouts=False):
+    def child(k, reference=False, layouts=False, cells=False):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         argv_child = [sys.executable, os.path.abspath(__file__), "--child", str(k),
                       "--batch", str(args.batch), "--image-size", str(args.image_size),
                       "--C", str(args.C), "--layers", str(args.layers),
                       "--steps", str(args.steps), "--threads", str(args.threads),
                       "--device", "cpu"] + (["--child-reference"] if reference else [])
-        argv_child += ["--child-layouts"] if layouts else []
+        argv_child += (["--child-layouts"] if layouts else []) + (["--child-cells"] if cells else [])
         out = subprocess.run(argv_child, env=env, capture_output=True, text=True, check=True,
                              timeout=args.layout_timeout if layouts else None)
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -235,12 +280,18 @@ def main(argv=None) -> list:
                   f"NHWC {r['nhwc_s']:.2f} s -> {r['faster']}", flush=True)
         for row, lay in zip(rows, layouts):
             row["layout"] = lay
+    if not args.no_cells:
+        for row in rows:
+            k = row["k"]
+            row["cells"] = cells = measure_cells(k, args) if cuda else child(k, cells=True)
+            print(f"  K={k} cells: fused {cells['fused_s']:.2f} s, unfused "
+                  f"{cells['unfused_s']:.2f} s -> {cells['faster']}", flush=True)
     ref = next((r for r in rows if r["k"] == 1), rows[0])
     print(f"\none search step (arch + weights), batch {args.batch}, "
           f"{args.image_size}x{args.image_size}x3, C={args.C}, {args.layers} cells, "
           f"{rows[0]['device']}" + (f", {args.threads} threads" if not cuda else ", bf16"))
     print(f"{'method':<10}{'K':>3}{'params':>10}{'step s':>9}{'cpu s':>8}{'x DARTS':>9}"
-          f"{'peak MB':>10}{'x DARTS':>9}{'ops':>9}" + (
+          f"{'peak MB':>10}{'x DARTS':>9}{'ops':>9}{'ops b8':>9}{'unfused':>9}" + (
               f"{'official s':>12}{'speed-up':>10}{'off. ops':>10}" if official else ""))
     for r in rows:
         r["time_ratio"] = r["step_s"] / ref["step_s"]
@@ -248,13 +299,15 @@ def main(argv=None) -> list:
         name = "DARTS" if r["k"] == 1 else "PC-DARTS"
         print(f"{name:<10}{r['k']:>3}{r['params']:>10,}{r['step_s']:>9.2f}{r['cpu_s']:>8.2f}"
               f"{r['time_ratio']:>9.2f}{r['peak_mb']:>10.0f}{r['memory_ratio']:>9.2f}"
-              f"{r.get('ops') or 0:>9,}"
+              f"{r.get('ops') or 0:>9,}{r.get('ops_b8_fused') or 0:>9,}"
+              f"{r.get('ops_b8_unfused') or 0:>9,}"
               + (f"{r['official_step_s']:>12.2f}{r['official_step_s'] / r['step_s']:>10.2f}"
                  f"{r.get('official_ops') or 0:>10,}" if "official_step_s" in r else ""))
     if official:
         print("official s: the same step written like the official code "
               "(benchmarks/reference_pc_darts.py) on this machine; speed-up = official / ours")
-    print("ops: aten operators one step dispatches, nested calls counted (torch.profiler)")
+    print("ops: aten operators one step dispatches, nested calls counted (torch.profiler); "
+          "ops b8 / unfused: the same at batch 8 on one thread, fused and unfused cells")
     return rows
 
 

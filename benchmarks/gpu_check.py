@@ -9,8 +9,9 @@ about 8 minutes on one GPU, and writes one record under ``data/runs/``
    NHWC, the unrolled step in real fp32, evaluate/train device handling, a PNAS child and a
    SPOS path;
 2. the search step at the papers' sizes (PC-DARTS K=4 and DARTS, batch 256, C=16, 8 cells,
-   32 px): ours (``bench_pc_darts.measure``) against the official-style step
-   (``reference_pc_darts.py``, fp32), and DARTS's second-order step at batch 64;
+   32 px): ours (``bench_pc_darts.measure``, the fused cells on CUDA) against the
+   official-style step (``reference_pc_darts.py``, fp32), the fused cells against the
+   unfused ones (``bench_pc_darts.measure_cells``), and DARTS's second-order step at batch 64;
 3. the second-order architecture gradient against float64 (C=16, 8 cells, 32 px, batch 64)
    as the search takes it (TF32 off inside the step; fails under cosine 0.999) and with
    TF32 allowed for convolutions and matmuls (cuDNN's default is on since Ampere);
@@ -70,6 +71,8 @@ def search_steps(device: str, size: dict) -> dict:
         rows[name] = {"ours_s": ours["step_s"], "official_s": official["step_s"],
                       "ratio": ours["step_s"] / official["step_s"],
                       "ours_peak_mb": ours["peak_mb"], "official_peak_mb": official["peak_mb"]}
+    for name, k in (("cells_k4", 4), ("cells_k1", 1)):  # fused vs unfused cells, A/B
+        rows[name] = bench.measure_cells(k, args)
     second = dict(vars(args), batch=size["second_order_batch"], unrolled=True)
     rows["darts_second_order"] = {"batch": second["batch"],
                                   "ours_s": bench.measure(1, SimpleNamespace(**second))["step_s"]}
@@ -88,7 +91,8 @@ def second_order_cosine(device: str, size: dict) -> dict:
     torch.manual_seed(0)
     C, layers, px, b = size["C"], size["layers"], size["image_size"], size["second_order_batch"]
     cfg = pc.get_config("darts", "full", unrolled=True)
-    net = pc.SearchNetwork(C, 10, layers, k=1, edge_norm=False, fast=True).to(device)
+    net = pc.SearchNetwork(C, 10, layers, k=1, edge_norm=False, fast=True,
+                           fused=True).to(device)  # the cells a CUDA search runs
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_(0, 1e-3)

@@ -58,6 +58,13 @@ def main(argv=None) -> list:
                                   else "NHWC failed"), "peak_mb": None,
                          "ratio": lay["nhwc_ratio"] if ok else float("nan"),
                          "baseline": "same step in NCHW", "raw": lay})
+        if "cells" in r:
+            cells = r["cells"]
+            rows.append({"method": "PC-DARTS" if r["k"] > 1 else "DARTS",
+                         "case": f"cells K={r['k']}: fused vs unfused",
+                         "time": f"{cells['fused_s']:.2f}/{cells['unfused_s']:.2f} s",
+                         "peak_mb": None, "ratio": cells["fused_ratio"],
+                         "baseline": "same step, unfused cells", "raw": cells})
 
     sp = bench_spos.main((["--device", "cuda", "--config", "cifar", "--batch", "256"]
                           if cuda else []) + ["--steps", "5" if args.quick else "20"])

@@ -22,6 +22,7 @@ from torch import nn
 
 import distributed_worker as w
 import nas_tutorial as nt
+from nas_tutorial.fast import pc_darts as fpc
 from nas_tutorial import distributed, pc_darts, pnas, spos
 from nas_tutorial.run.cli import main as cli_main
 from nas_tutorial.data import DeviceLoader
@@ -129,8 +130,8 @@ def reference_search(cfg, shards=w.W):
                       channels_last=cl)
     model = pc_darts.SearchNetwork(cfg.C, data.num_classes, cfg.layers, cfg.k, cfg.edge_norm,
                                    cfg.steps, cfg.multiplier, in_channels=data.shape[0],
-                                   fast=True)  # the supernet the search runs
-    if cl:
+                                   fast=True, fused=fpc.uses_fused_cells(cfg, "cpu"))
+    if cl:  # the supernet the search runs (its fused optimizers: the same update, to rounding)
         model.to(memory_format=torch.channels_last)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum,

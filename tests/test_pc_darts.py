@@ -1,6 +1,7 @@
 """PC-DARTS / DARTS search: the plain supernet against the official code's sums, the fast
 one (the search's) against the plain one."""
 import copy
+from dataclasses import asdict
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 import nas_tutorial as nt
 from nas_tutorial import pc_darts as pc
 from nas_tutorial.fast import pc_darts as fpc
+from nas_tutorial.fast.fused import FusedSearchCell
 from nas_tutorial.run import searches
 from nas_tutorial.run.cli import main as cli_main
 from nas_tutorial.ops import DARTS_OPS
@@ -26,12 +28,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _net(k, edge_norm, fast=False, seed=0):
+def _net(k, edge_norm, fast=False, seed=0, fused=False):
     """A float64 supernet of 3 cells (normal, reduction, reduction after a reduction), its
     alpha/beta drawn away from uniform so that the weights matter."""
     torch.manual_seed(seed)
     net = pc.SearchNetwork(8, 5, 3, k=k, edge_norm=edge_norm, steps=3, multiplier=3,
-                           in_channels=2, fast=fast).double()
+                           in_channels=2, fast=fast, fused=fused).double()
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_(0, 1)
@@ -137,6 +139,131 @@ def test_fast_supernet_equals_the_plain_one(k, edge_norm, one_thread):
         torch.testing.assert_close(fg, g, rtol=1e-8, atol=1e-12, msg=name)
     for (name, b), fb in zip(plain.named_buffers(), fast.buffers()):
         torch.testing.assert_close(fb, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def _plain_named(net, tensors) -> dict:
+    """Per-parameter tensors of a fused supernet (its gradients) under the plain names: the
+    state dict of a copy whose parameters hold them."""
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for p, t in zip(twin.parameters(), tensors):
+            p.copy_(t)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    return {n: v for n, v in twin.state_dict().items() if not n.endswith(stats)}
+
+
+@pytest.mark.parametrize("edge_norm", [False, True], ids=["no-beta", "beta"])
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fused_supernet_equals_the_plain_one(k, edge_norm, train, one_thread):
+    """The search's fused cells (nas_tutorial.fast.fused: every edge leaving a state in one
+    pass) are the plain supernet: built from one seed, their state dict is the plain one,
+    key for key, in order, value for value (a checkpoint moves both ways); in float64 they
+    give the same logits, the same gradients for alpha, beta and every weight (mapped to
+    the plain names), and the same BN statistics, in training and in eval mode, at odd
+    sizes, in normal and reduction cells."""
+    plain, fused = _net(k, edge_norm), _net(k, edge_norm, fused=True)
+    assert type(fused.cells[0]) is FusedSearchCell
+    assert len(list(fused.parameters())) < len(list(plain.parameters())) / 2  # stacked
+    state, fused_state = plain.state_dict(), fused.state_dict()
+    assert list(state) == list(fused_state)
+    for name in state:
+        assert torch.equal(state[name], fused_state[name]), name  # one seed, one network
+    with torch.no_grad():  # different weights, loaded from the plain net, still agree
+        for p in plain.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(4, 2, 10, 10, dtype=torch.float64)
+    if not train:  # eval mode reads the running statistics: make them differ from (0, 1)
+        plain(x)
+        plain.eval(), fused.eval()
+    fused.load_state_dict(copy.deepcopy(plain.state_dict()))
+    out, fused_out = plain(x), fused(x)
+    torch.testing.assert_close(fused_out, out, rtol=1e-9, atol=1e-12)
+    names = [n for n, _ in plain.named_parameters()]
+    grads = torch.autograd.grad(out.square().sum(), list(plain.parameters()))
+    raw = torch.autograd.grad(fused_out.square().sum(), list(fused.parameters()))
+    for (name, p), g in zip(fused.named_parameters(), raw):  # a 3x3 kernel's 5x5 ring
+        if name.endswith(("dw1", "dil_dw", "dw2")):
+            mask = fused.get_submodule(name.rsplit(".", 1)[0]).mask
+            assert not g[mask == 0].any() and not p[mask == 0].any(), name
+    fused_grads = _plain_named(fused, raw)
+    assert sorted(fused_grads) == sorted(names)
+    for name, g in zip(names, grads):
+        torch.testing.assert_close(fused_grads[name], g, rtol=1e-8, atol=1e-12, msg=name)
+    fused_state = fused.state_dict()
+    for name, b in plain.named_buffers():
+        torch.testing.assert_close(fused_state[name], b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-output", "split"])
+def test_grouped_pointwise_is_the_grouped_conv(split, one_thread):
+    """The fused cells' 1x1 convs of many edges (fast.fused.pointwise): on a CPU one batched
+    product, on CUDA the grouped conv; the two agree in the output and both gradients, with
+    several inputs gathered and the output split."""
+    from nas_tutorial.fast.fused import pointwise
+
+    torch.manual_seed(0)
+    xs = [torch.randn(3, 2 * 4, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    weight = torch.randn(4 * 3, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    outs = (1, 3) if split else None
+    got = pointwise(xs, weight, outs)
+    want = F.conv2d(torch.cat(xs, 1), weight, groups=4)
+    want = want.split([3, 9], 1) if split else (want,)
+    got = got if split else (got,)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    probes = [torch.randn_like(w) for w in want]
+    grads = torch.autograd.grad(sum((g * p).sum() for g, p in zip(got, probes)), [*xs, weight])
+    wants = torch.autograd.grad(sum((w * p).sum() for w, p in zip(want, probes)), [*xs, weight])
+    for g, w in zip(grads, wants):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_optimizers_make_the_same_update():
+    """The search's optimizers update every parameter in one fused operator where torch can;
+    the update is the unfused one, to rounding."""
+    cfg = _tiny()
+    for make in (lambda m: pc.weight_optimizer(m, cfg), lambda m: pc.Architect(m, cfg).optimizer):
+        nets = [pc.SearchNetwork(4, 3, 3, k=2, steps=2, multiplier=2, in_channels=1)
+                for _ in range(2)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        opts = [make(nets[0]), make(nets[1])]
+        for group in opts[1].param_groups:  # the second one unfused
+            group["fused"] = None
+        params = [o.param_groups[0]["params"] for o in opts]
+        for _ in range(3):
+            for a, b in zip(*params):
+                a.grad = torch.randn_like(a)
+                b.grad = a.grad.clone()
+            for o in opts:
+                o.step()
+        for a, b in zip(*params):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_from_before_the_fused_cells_resumes_unfused():
+    """A checkpoint's config without ``fused`` was made with the unfused cells: it resumes in
+    them (its optimizer state belongs to their parameters); a new search fuses."""
+    old = asdict(_tiny())
+    old.pop("fused")
+    assert pc.config_of({"config": old}, "here").fused is False
+    assert _tiny().fused is True
+
+
+def test_fused_supernet_falls_back_to_the_fast_cell_for_other_ops(one_thread):
+    """Another op set (a course's exercise) runs in the unfused fast cell, still equal."""
+    ops = ("none", "avg_pool_3x3", "skip_connect", "dil_conv_3x3")
+    torch.manual_seed(0)
+    plain = pc.SearchNetwork(8, 5, 3, k=2, steps=2, multiplier=2, in_channels=2,
+                             primitives=ops).double()
+    torch.manual_seed(0)
+    fused = pc.SearchNetwork(8, 5, 3, k=2, steps=2, multiplier=2, in_channels=2,
+                             primitives=ops, fused=True).double()
+    assert type(fused.cells[0]) is fpc.FastSearchCell
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), plain(x), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="DARTS's eight ops"):
+        FusedSearchCell(2, 2, 8, 8, 8, False, False, 2, primitives=ops)
 
 
 def test_partial_channels_and_shuffle():
@@ -509,7 +636,8 @@ def _repeats_exactly(k, channels_last, monkeypatch, ops=False) -> bool:
                         channels_last)
     if ops:
         monkeypatch.setitem(fpc.CPU_CHANNELS_LAST, k, False)
-    cfg = _tiny(k=k, edge_norm=k > 1, epochs=2, record_every=0, cpu_threads=2, C=16)
+    cfg = _tiny(k=k, edge_norm=k > 1, epochs=2, record_every=0, cpu_threads=2, C=16,
+                fused=not ops)  # NHWC ops are the unfused cell's
     runs = [pc.search(cfg, device="cpu", progress=False).history for _ in range(2)]
     if ops:
         assert fpc.ops_channels_last(cfg, "cpu") == channels_last
@@ -570,6 +698,30 @@ def test_cpu_layout_table_follows_the_newest_benchmark_record(monkeypatch):
             assert _repeats_exactly(k, True, monkeypatch, ops=ops), k
     assert fpc.uses_channels_last(pc.get_config("darts", "quick", channels_last=False),
                                   "cpu") is False
+
+
+def test_cpu_fused_cells_follow_the_newest_benchmark_record():
+    """Fused cells or not, per K on a CPU, is what `make bench` measured faster (the same
+    step both ways, in alternation; a difference under 5% may go either way); on CUDA the
+    search always fuses, and ``fused=False`` turns it off everywhere."""
+    from pathlib import Path
+
+    root = Path(nt.__file__).resolve().parent.parent / "data" / "runs"
+    records = [r for r in nt.runs.load_runs("benchmarks", root=root)
+               if r["device"].startswith("CPU")
+               and any("cells" in row.get("raw", {}) for row in r["payload"]["rows"])]
+    assert records, "no CPU benchmark record with fused/unfused rows under data/runs"
+    measured = {row["raw"]["k"]: row["raw"]["cells"] for row in records[0]["payload"]["rows"]
+                if "cells" in row.get("raw", {})}
+    assert set(measured) >= {1, 2, 4, 8}
+    for k, cells in measured.items():
+        if abs(cells["fused_ratio"] - 1) > 0.05:
+            assert fpc.CPU_FUSED[k] == (cells["fused_ratio"] < 1), (k, cells)
+        cfg = pc.get_config("pc-darts", "quick", k=k, edge_norm=k > 1)
+        assert fpc.uses_fused_cells(cfg, "cpu") == fpc.CPU_FUSED[k]
+        assert fpc.uses_fused_cells(cfg, "cuda")
+        assert not fpc.uses_fused_cells(pc.get_config("pc-darts", "quick", k=k, fused=False),
+                                        "cuda")
 
 
 def test_param_free_count_names_pools_and_skips():

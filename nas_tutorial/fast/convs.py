@@ -54,12 +54,25 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x):
         square = all(isinstance(v, tuple) and len(set(v)) == 1 for v in
                      (self.kernel_size, self.stride, self.padding, self.dilation))
-        if x.device.type != "cpu" or not torch.is_grad_enabled() or not square:
+        if not square:
             return super().forward(x)
-        weight, dtype = self.weight, _cpu_autocast_dtype()
-        if dtype is not None:  # cast float32 as autocast would: one dtype in the backward
-            x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
-        return _Depthwise.apply(x, weight, self.stride[0], self.padding[0], self.dilation[0])
+        return depthwise(x, self.weight, self.stride[0], self.padding[0], self.dilation[0])
+
+
+def depthwise(x, weight, stride: int, padding: int, dilation: int, grad_mask=None):
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups=x.shape[1])`` (weight
+    (C, 1, k, k)) with the CPU backward of this module; torch's own off the CPU or without
+    gradients. ``grad_mask`` (shaped like ``weight``, 0 or 1): the weight's gradient is
+    zero where it is 0 (``fast.fused`` keeps 3x3 kernels inside 5x5 ones whose ring must
+    stay zero); the forward reads the weight as it is."""
+    if x.device.type != "cpu" or not torch.is_grad_enabled():
+        if grad_mask is not None and weight.requires_grad:
+            weight = weight * grad_mask  # the same forward; the ring gets no gradient
+        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+    dtype = _cpu_autocast_dtype()
+    if dtype is not None:  # cast float32 as autocast would: one dtype in the backward
+        x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
+    return _Depthwise.apply(x, weight, stride, padding, dilation, grad_mask)
 
 
 def fast_backward(module: nn.Module) -> nn.Module:
@@ -77,9 +90,9 @@ def fast_backward(module: nn.Module) -> nn.Module:
 
 class _Depthwise(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, stride: int, padding: int, dilation: int):
+    def forward(ctx, x, weight, stride: int, padding: int, dilation: int, grad_mask=None):
         ctx.save_for_backward(x, weight)
-        ctx.conf = stride, padding, dilation
+        ctx.conf, ctx.grad_mask = (stride, padding, dilation), grad_mask
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
 
     @staticmethod
@@ -103,7 +116,9 @@ class _Depthwise(torch.autograd.Function):
                              (1, padding // 2, 1), (False, True))
             else:
                 gw = _native(grad, x, weight, ctx.conf, (False, True))
-        return gx, gw, None, None, None
+            if ctx.grad_mask is not None:
+                gw = gw * ctx.grad_mask
+        return gx, gw, None, None, None, None
 
 
 def _cpu_autocast_dtype():

@@ -44,6 +44,7 @@ from torch import nn
 
 from ..ops import DARTS_OPS, OPS, DilConv, FactorizedReduce, ReLUConvBN, SepConv, channel_shuffle
 from .convs import fast_backward
+from .fused import FusedSearchCell
 
 
 def _strip_relu(op: nn.Module) -> bool:
@@ -200,6 +201,60 @@ CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was
 CPU_OPS_CHANNELS_LAST = {2: False, 4: False, 8: False}
 
 
+# Fused cells (fast/fused.py) or the unfused fast cells, per K, on a CPU: what the newest CPU
+# record of `make bench` measured faster (the same step both ways, in alternation; a test
+# keeps the two in agreement). On CUDA always fused: there the step is bound by the number
+# of operators. Measured 2026-12-04 (2 threads, batch 32, C=16, 8 cells), fused / fast: 2.05
+# at K=1, 0.92 at K=2, 0.60-0.68 at K=4. At K=1 every edge reads all 16 channels of its
+# state and the step is bound by arithmetic, which fusion adds to (3x3 kernels run as 5x5,
+# the input is copied once per edge): it stays unfused there.
+CPU_FUSED = {1: False, 2: True, 4: True, 8: True}
+
+
+def cell_class(plain, fast: bool, fused: bool, primitives):
+    """The search cell a supernet builds: the fused cell (DARTS's op set only: any other
+    runs in the unfused fast cell), the fast cell, or ``plain``."""
+    if fused and tuple(primitives) == DARTS_OPS:
+        return FusedSearchCell
+    return FastSearchCell if fast or fused else plain
+
+
+def fused_optimizer(optimizer, params, fused: bool = True, **kwargs):
+    """``optimizer(params, fused=True, **kwargs)``: one operator updates every parameter
+    instead of several per parameter (the search step is bound by the number of
+    operators), the same update to rounding; unfused where this torch or device has none,
+    or with ``fused=False`` (``SearchConfig.fused``: a search as before the fused paths)."""
+    params = list(params)
+    try:
+        return optimizer(params, fused=True, **kwargs) if fused else optimizer(params, **kwargs)
+    except (TypeError, RuntimeError):
+        return optimizer(params, **kwargs)
+
+
+def weight_optimizer(model, config) -> torch.optim.SGD:
+    """The search's SGD with momentum on the weights (DARTS Sec. 3.1.1; ``config``: a
+    ``pc_darts.SearchConfig``), fused where this torch can and ``config.fused`` says."""
+    return fused_optimizer(torch.optim.SGD, model.weight_parameters(), config.fused,
+                           lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def arch_optimizer(model, config) -> torch.optim.Adam:
+    """The search's Adam on alpha and beta (DARTS Sec. 2.3, ``architect.py``), fused where
+    this torch can and ``config.fused`` says."""
+    return fused_optimizer(torch.optim.Adam, model.arch_parameters(), config.fused,
+                           lr=config.arch_lr, betas=config.arch_betas,
+                           weight_decay=config.arch_weight_decay)
+
+
+def uses_fused_cells(config, device) -> bool:
+    """The fused cells for this search (``config``: a ``pc_darts.SearchConfig``)? On CUDA
+    when configured; on a CPU where :data:`CPU_FUSED` says they were measured faster."""
+    if not getattr(config, "fused", False):
+        return False
+    return torch.device(device).type == "cuda" or CPU_FUSED.get(config.k, True)
+
+
 def uses_channels_last(config, device) -> bool:
     """NHWC for the supernet (``config``: a ``pc_darts.SearchConfig``)? On CUDA as
     configured (with bf16 autocast NHWC is the fast layout of cuDNN; no GPU was lent to
@@ -214,8 +269,10 @@ def uses_channels_last(config, device) -> bool:
 
 def ops_channels_last(config, device) -> bool:
     """NHWC for the mixed ops of a supernet that stays NCHW (:data:`CPU_OPS_CHANNELS_LAST`);
-    False where the whole network is NHWC already (K=1 on a CPU, any K on CUDA)."""
-    if not config.channels_last or uses_channels_last(config, device):
+    False where the whole network is NHWC already (K=1 on a CPU, any K on CUDA) and where
+    the cells are fused (they copy no state into the ops' own layout)."""
+    if (not config.channels_last or uses_channels_last(config, device)
+            or uses_fused_cells(config, device)):
         return False
     return torch.device(device).type == "cpu" and CPU_OPS_CHANNELS_LAST.get(config.k, False)
 

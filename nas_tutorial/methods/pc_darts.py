@@ -17,9 +17,11 @@ epochs, batch 256, lr 0.1, arch lr 6e-4). Official ``model_search.py``.
 The supernet here is written like the official code: :class:`MixedOp` is Eq. 2 as it
 stands (every op, ``none`` included, each with its own ReLU), :class:`SearchCell` takes the
 partial channels, bypass and shuffle per edge, then sums the edges with their betas. The
-search runs the same supernet through its speed path, :mod:`nas_tutorial.fast.pc_darts`
-(``SearchNetwork(..., fast=True)``: exact rewrites of the cell, listed there, and the CPU
-memory layout per K), tested equal to this one (same state dict keys, logits and gradients).
+search runs the same supernet through its speed paths, tested equal to this one (same
+state dict, logits and gradients): :mod:`nas_tutorial.fast.pc_darts` (``SearchNetwork(...,
+fast=True)``: exact rewrites of the cell, listed there, and the CPU memory layout per K)
+and :mod:`nas_tutorial.fast.fused` (``fused=True``: the mixed ops of all edges leaving a
+state as a few large operators; where it is faster: ``fast.pc_darts.CPU_FUSED``).
 The search step saves work too, exactly: the architecture step asks autograd for the
 gradients of alpha/beta only, with the weights frozen for its passes (so that the depthwise
 convs' custom backward skips their weight gradients too), the weight step for the weights
@@ -70,7 +72,8 @@ from ..devices import full_fp32, resolve_device, threads
 from ..genotypes import Genotype
 from ..ops import DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN, channel_shuffle
 from ..checkpoints import capture, restore, save, write_json
-from ..fast.pc_darts import FastSearchCell, apply_layout, uses_channels_last
+from ..fast.pc_darts import (apply_layout, arch_optimizer, cell_class, uses_channels_last,
+                             uses_fused_cells, weight_optimizer)
 from ..checkpoints import RunFolderError, read_checkpoint
 from ..training import (Diverged, History, autocast, diverged, evaluate, nonfinite,
                         progress_bar)
@@ -171,15 +174,16 @@ class SearchNetwork(nn.Module):
     ``layers`` search cells with reductions at layers//3 and 2*layers//3, global pooling,
     a linear classifier. ``k=1, edge_norm=False`` is the DARTS supernet.
 
-    ``fast=True`` builds the cells of :mod:`nas_tutorial.fast.pc_darts` instead (what the
-    search runs): the same parameters under the same names, the same function."""
+    ``fast=True`` / ``fused=True`` build the cells of :mod:`nas_tutorial.fast.pc_darts` /
+    :mod:`nas_tutorial.fast.fused` (what the search runs): same function, same state dict."""
 
     def __init__(self, C: int, num_classes: int, layers: int, k: int = 4,
                  edge_norm: bool = True, steps: int = 4, multiplier: int = 4,
-                 in_channels: int = 3, primitives=DARTS_OPS, fast: bool = False):
+                 in_channels: int = 3, primitives=DARTS_OPS, fast: bool = False,
+                 fused: bool = False):
         super().__init__()
         _check_shape(C, k, layers, steps, multiplier)
-        self.C, self.k, self.edge_norm, self.fast = C, k, edge_norm, fast
+        self.C, self.k, self.edge_norm, self.fast, self.fused = C, k, edge_norm, fast, fused
         self._layers, self._steps, self._multiplier = layers, steps, multiplier
         self.primitives = tuple(primitives)
         C_curr = 3 * C  # stem_multiplier = 3
@@ -192,7 +196,7 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            cell = FastSearchCell if fast else SearchCell
+            cell = cell_class(SearchCell, fast, fused, self.primitives)
             self.cells.append(cell(steps, multiplier, C_prev_prev, C_prev, C_curr,
                                    reduction, reduction_prev, k, self.primitives))
             reduction_prev = reduction
@@ -330,6 +334,7 @@ class SearchConfig:
     amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True     # NHWC where measured faster (uses_channels_last)
     compile: bool = False          # torch.compile the supernet (CUDA only)
+    fused: bool = True             # fused cells (where faster: uses_fused_cells), optimizers
     cpu_threads: int | None = None  # torch threads for a CPU search, restored after; None = as is
 
     def __post_init__(self):
@@ -465,9 +470,7 @@ class Architect:
         # ``forward or model`` would ask a compiled module for its truth value, which it refuses
         self.forward = forward if forward is not None else model
         self.r = 1e-2  # R = r / ||v|| of the finite difference (DARTS Sec. 2.3 / architect.py)
-        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
-                                          betas=config.arch_betas,
-                                          weight_decay=config.arch_weight_decay)
+        self.optimizer = arch_optimizer(model, config)  # Adam (DARTS Sec. 2.3), fused
 
     def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer=None):
         """One Adam step on alpha/beta; returns the validation loss (a device tensor)."""
@@ -583,8 +586,8 @@ CHECKPOINT = "checkpoint.pt"
 def config_of(state: dict, where) -> SearchConfig:
     """The :class:`SearchConfig` a checkpoint's ``config`` dict describes; one line naming
     ``where`` when this version cannot use it."""
-    try:
-        return SearchConfig(**state["config"])
+    try:  # a checkpoint from before the fused cells resumes in the cells it was made with
+        return SearchConfig(**{"fused": False, **state["config"]})
     except (TypeError, ValueError) as e:
         raise RunFolderError(f"{where} holds a config this version cannot use ({e}); start "
                              f"a new run with --out") from None
@@ -656,17 +659,16 @@ def _search(config, out, ckpt, device, progress, callback) -> SearchResult:
                                 drop_last=True, channels_last=channels_last)
     valid_loader = DeviceLoader(valid_ds, config.batch_size, train=True, seed=config.seed + 1,
                                 drop_last=True, channels_last=channels_last)
-    # the fast cells (nas_tutorial.fast.pc_darts): the same supernet, tested equal, faster
+    # the fast or fused cells (nas_tutorial.fast): the same supernet, tested equal, faster
     model = SearchNetwork(config.C, data.num_classes, config.layers, config.k, config.edge_norm,
                           config.steps, config.multiplier, in_channels=data.shape[0],
-                          fast=True).to(device)
+                          fast=True, fused=uses_fused_cells(config, device)).to(device)
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's supernet
     apply_layout(model, config, device)
     forward_model = model
     if config.compile and cuda:
         forward_model = torch.compile(model)
-    w_optimizer = torch.optim.SGD(model.weight_parameters(), lr=config.lr,
-                                  momentum=config.momentum, weight_decay=config.weight_decay)
+    w_optimizer = weight_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optimizer, config.epochs,
                                                            eta_min=config.lr_min)
     architect = Architect(model, config, device, forward=forward_model)

@@ -10,6 +10,7 @@ because it runs the method's step.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import autocast, resolve_device
-from ..fast.pc_darts import apply_layout
-from ..methods.pc_darts import Architect, SearchNetwork, get_config
+from ..fast.pc_darts import apply_layout, uses_fused_cells
+from ..methods.pc_darts import Architect, SearchNetwork, get_config, weight_optimizer
 
 
 def _status_kb(field: str) -> int:
@@ -82,33 +83,69 @@ def count_ops(step) -> int:
     number the fused cells bring down."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side prints start/stop lines to file descriptor 2, where a
+    notebook shows them as noise: send that descriptor to /dev/null meanwhile (an exception
+    still reaches Python, and is printed after)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to quiet
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def search_step(k: int, C: int = 16, layers: int = 8, batch: int = 32, image_size: int = 32,
                 steps: int = 5, threads: int = 1, device="auto", compile: bool = False,
-                unrolled: bool = False, count: bool = True) -> dict:
+                unrolled: bool = False, count: bool = True, fused: bool | None = None) -> dict:
     """Median time (wall and CPU seconds) and peak memory (MB above the model's) of
     ``steps`` search steps at partial-channel ``k`` (``k=1``: DARTS, no edge normalization)
     on random CIFAR-shaped batches, after one warm-up step; with ``count``, the operators
-    one more step dispatches (:func:`count_ops`)."""
+    one more step dispatches (:func:`count_ops`). ``fused``: the fused cells (True), the
+    unfused fast ones (False), or what the search picks for this K and device (None)."""
     device = resolve_device(device)
     cuda = device.type == "cuda"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = get_config("pc-darts" if k > 1 else "darts", "full", k=k, edge_norm=k > 1,
                      compile=compile, unrolled=unrolled)
-    model = SearchNetwork(C, 10, layers, k=k, edge_norm=k > 1, fast=True).to(device)
+    fused = uses_fused_cells(cfg, device) if fused is None else fused
+    model = SearchNetwork(C, 10, layers, k=k, edge_norm=k > 1, fast=True, fused=fused).to(device)
     fmt = torch.channels_last if apply_layout(model, cfg, device) else torch.contiguous_format
     forward = torch.compile(model) if compile and cuda else model
-    arch = Architect(model, cfg, device, forward=forward)
-    opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
+    opt = weight_optimizer(model, cfg)  # the search's own: momentum 0.9, weight decay 3e-4
     shape = (batch, 3, image_size, image_size)
     x, xv = (torch.randn(shape, device=device).contiguous(memory_format=fmt) for _ in range(2))
     y, yv = (torch.randint(0, 10, (batch,), device=device) for _ in range(2))
-    weights = model.weight_parameters()
+    step = step_function(model, cfg, device, opt, x, y, xv, yv, forward=forward)
+    times, cpu_times, peak_mb = time_steps(step, steps, device)
+    ops = count_ops(step) if count else None  # after the timing: the profiler costs time
+    return {"k": k, "edge_norm": k > 1, "batch": batch, "device": str(device), "ops": ops,
+            "fused": fused,
+            "threads": threads, "step_s": statistics.median(times),
+            # CPU seconds of this process: on a shared machine, with 1 thread, the wall time
+            # the step would take on an idle core
+            "cpu_s": statistics.median(cpu_times), "peak_mb": peak_mb,
+            "params": sum(p.numel() for p in model.weight_parameters())}
+
+
+def step_function(model, cfg, device, opt, x, y, xv, yv, forward=None):
+    """One search step of ``model`` as the search loop takes it (the architecture step on
+    ``xv``, then the weight step on ``x``), on fixed batches, as a function of nothing."""
+    forward = model if forward is None else forward
+    arch, weights = Architect(model, cfg, device, forward=forward), model.weight_parameters()
 
     def step():
         arch.step(x, y, xv, yv, cfg.lr, opt)
@@ -118,15 +155,7 @@ def search_step(k: int, C: int = 16, layers: int = 8, batch: int = 32, image_siz
         loss.backward(inputs=weights)
         torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
         opt.step()
-
-    times, cpu_times, peak_mb = time_steps(step, steps, device)
-    ops = count_ops(step) if count else None  # after the timing: the profiler costs time
-    return {"k": k, "edge_norm": k > 1, "batch": batch, "device": str(device), "ops": ops,
-            "threads": threads, "step_s": statistics.median(times),
-            # CPU seconds of this process: on a shared machine, with 1 thread, the wall time
-            # the step would take on an idle core
-            "cpu_s": statistics.median(cpu_times), "peak_mb": peak_mb,
-            "params": sum(p.numel() for p in model.weight_parameters())}
+    return step
 
 
 def search_steps(ks=(1, 2, 4, 8), **sizes) -> list:

@@ -73,10 +73,15 @@ def search_step_table(run: dict) -> str:
     step time and peak memory of this project's search step, of the official-style step on
     the same machine (``benchmarks/reference_pc_darts.py``), their ratio, and the NHWC/NCHW
     step-time ratio that decides the search's memory layout (``net``: the whole network in
-    NHWC, at K=1; ``ops``: NHWC mixed ops in an NCHW network, at K>1)."""
+    NHWC, at K=1; ``ops``: NHWC mixed ops in an NCHW network, at K>1), and where recorded
+    the fused cells' step time over the unfused cells' (``fused/unf.``, which decides
+    ``fast.pc_darts.CPU_FUSED``) and the operators of one step at batch 8 on one thread,
+    fused and unfused (``ops fused``, ``ops unf.``)."""
+    cells = any("cells" in row.get("raw", {}) for row in run["payload"]["rows"])
     lines = [label(run),
              f"{'method':<9}{'K':>3}{'ours s':>8}{'official s':>12}{'ours/official':>15}"
-             f"{'peak MB':>9}{'official MB':>13}{'NHWC/NCHW':>11}"]
+             f"{'peak MB':>9}{'official MB':>13}{'NHWC/NCHW':>11}"
+             + (f"{'fused/unf.':>12}{'ops fused':>11}{'ops unf.':>10}" if cells else "")]
     for row in run["payload"]["rows"]:
         raw = row.get("raw", {})
         if "step_s" not in raw or "k" not in raw or "impl" in raw:
@@ -89,7 +94,9 @@ def search_step_table(run: dict) -> str:
             + f"{raw['peak_mb']:>9.0f}"
             + (f"{raw['official_peak_mb']:>13.0f}" if raw.get("official_peak_mb") else f"{'-':>13}")
             + (f"{'-':>11}" if not lay else f"{'failed':>11}" if lay.get("nhwc_ratio") is None
-               else f"{lay['nhwc_ratio']:>7.2f}" + f"{_SCOPE.get(lay.get('nhwc_scope'), ''):>4}"))
+               else f"{lay['nhwc_ratio']:>7.2f}" + f"{_SCOPE.get(lay.get('nhwc_scope'), ''):>4}")
+            + (f"{raw['cells']['fused_ratio']:>12.2f}{raw.get('ops_b8_fused') or 0:>11,}"
+               f"{raw.get('ops_b8_unfused') or 0:>10,}" if cells and "cells" in raw else ""))
     return "\n".join(lines)
 
 

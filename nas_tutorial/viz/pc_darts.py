@@ -61,7 +61,7 @@ def plot_alpha_evolution(history, cell: str = "normal", effective: bool = True,
         pos += [(i + 1, j + 1) for j in range(2 + i)]
         e += 2 + i
     fig = make_subplots(rows=steps, cols=steps + 1, subplot_titles=titles,
-                        shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.04)
+                        shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.07)
     series = [edge_weights(history, cell, t, effective) for t in range(len(history.epoch))]
     for e, (r, c) in enumerate(pos):
         for o, op in enumerate(ops):
@@ -74,7 +74,10 @@ def plot_alpha_evolution(history, cell: str = "normal", effective: bool = True,
     fig.update_layout(title=title or f"{cell} cell: {kind} per edge over epochs",
                       height=170 * steps + 80, margin=dict(l=40, r=20, t=70, b=40),
                       legend=dict(orientation="h", y=-0.08))
-    fig.update_annotations(font_size=10)
+    fig.update_annotations(font_size=11)
+    # few, short ticks: a panel is about 130 px wide at the handout width, and its labels
+    # must not run into the next panel
+    fig.update_yaxes(nticks=4, tickfont_size=9, tickformat=".3~f")
     return fig
 
 
@@ -174,4 +177,38 @@ def plot_collapse(groups: dict, title="collapse and its cure, over seeds"):
     fig.update_xaxes(title_text="search epoch", dtick=1)
     fig.update_yaxes(range=[-0.2, top + 0.5])
     fig.update_layout(title=title, height=340, margin=dict(l=40, r=20, t=70, b=40))
+    return fig
+
+
+def plot_search_step_record(run: dict):
+    """A recorded ``make bench`` run (``nas_tutorial.runs.load_runs("benchmarks")``) per K:
+    the operators one search step dispatches (batch 8, one thread: fused and unfused cells)
+    and the step time (the record's batch and threads: fused cells, unfused cells, the
+    official-style step). Log scale for the operators: they differ fourfold."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = [r["raw"] for r in run["payload"]["rows"]
+            if "step_s" in r.get("raw", {}) and "k" in r["raw"] and "impl" not in r["raw"]]
+    ks = [f"K={r['k']}" for r in rows]
+    fig = make_subplots(1, 2, subplot_titles=("operators per step", "seconds per step"),
+                        horizontal_spacing=0.14)
+    series = [("fused cells", "ops_b8_fused", "#228833"), ("unfused cells", "ops_b8_unfused",
+                                                             "#ccbb44")]
+    for name, key, color in series:
+        fig.add_bar(x=ks, y=[r.get(key) for r in rows], name=name, marker_color=color,
+                    legendgroup=name, row=1, col=1)
+    times = [("fused cells", lambda r: r.get("cells", {}).get("fused_s"), "#228833"),
+             ("unfused cells", lambda r: r.get("cells", {}).get("unfused_s"), "#ccbb44"),
+             ("official-style", lambda r: r.get("official_step_s"), "#bbbbbb")]
+    for name, get, color in times:
+        fig.add_bar(x=ks, y=[get(r) for r in rows], name=name, marker_color=color,
+                    legendgroup=name, showlegend=name == "official-style", row=1, col=2)
+    batch = rows[0].get("batch") if rows else "?"
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_xaxes(title_text="operators: batch 8, one thread", row=1, col=1)
+    fig.update_xaxes(title_text=f"time: batch {batch}, {rows[0].get('threads', '?')} threads"
+                     if rows else "time", row=1, col=2)
+    fig.update_layout(barmode="group", height=360, title="one search step, recorded",
+                      legend=dict(orientation="h", y=-0.3), margin=dict(l=60, r=20, t=80, b=40))
     return fig
