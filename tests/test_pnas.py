@@ -212,11 +212,11 @@ def test_figures_build_from_a_result():
 
     result = pnas.search(tiny(random_baseline=True), train_fn=FakeTrainer(), progress=False)
     fig = pnas_viz.plot_predictions(result)
-    assert "rho random n/a, picked" in fig.layout.annotations[0].text
+    assert "rho: random n/a, picked" in fig.layout.annotations[0].text
     assert len(pnas_viz.plot_efficiency(result).data) == 2
     config = tiny(oracle="table", random_baseline=True)
     results = pnas.study(config, seeds=[0, 1], table=fake_table(config), progress=False)
-    assert "rho random" in pnas_viz.plot_predictions(results[0]).layout.annotations[0].text
+    assert "rho: random" in pnas_viz.plot_predictions(results[0]).layout.annotations[0].text
     assert len(pnas_viz.plot_efficiency_study(results, seed_sd=0.01).data) == 4
     assert len(pnas_viz.plot_spearman_study(results).data) == 2 * len(pnas.PREDICTORS)
     assert "cluster_level3" in pnas_viz.draw_beams(result).source

@@ -57,22 +57,118 @@ def problems(nb) -> list:
     return found
 
 
+# -- figures and pictures that fit the page ---------------------------------------------------
+HANDOUT_WIDTH = 1000  # px: the widest picture a handout (or JupyterLab's output column) shows
+FIGURE_WIDTH = 700    # px: plotly's default width, the width of the figures' PNG copies
+_CHAR = 0.55          # a character's width in font sizes (Open Sans / Arial, on average)
+_TAGS = re.compile(r"<[^>]+>")
+
+
+def _text_width(text: str, size: float) -> float:
+    """Estimated width in px of the longest line of plotly text (``<br>`` breaks lines;
+    ``<sup>``/``<sub>`` lines are set smaller)."""
+    widths = []
+    for line in re.split(r"<br\s*/?>", text or ""):
+        scale = 0.7 if re.search(r"<su[pb]>", line) else 1.0
+        widths.append(len(_TAGS.sub("", line)) * _CHAR * size * scale)
+    return max(widths, default=0.0)
+
+
+def layout_problems(fig: dict, width: int = FIGURE_WIDTH) -> list:
+    """What collides in a plotly figure (its JSON: ``data`` and ``layout``) shown ``width``
+    px wide, from its layout alone: a title longer than the figure; titles of side-by-side
+    subplots (annotations above the plot area) that run into each other; a figure title
+    and subplot titles or a legend above the plot that do not fit in the top margin
+    together; a subplot title past the figure's edge. Text sizes are estimates
+    (:data:`_CHAR`), so the checks keep a margin."""
+    lay = fig.get("layout", {})
+    W = lay.get("width") or width
+    margin = {"l": 80, "r": 80, "t": 100, "b": 80, **lay.get("margin", {})}
+    base = lay.get("font", {}).get("size", 12)
+    title = lay.get("title", {})
+    title = title if isinstance(title, dict) else {"text": title}
+    found = []
+    title_px = 0.0
+    if title.get("text"):
+        size = title.get("font", {}).get("size", base * 1.4)
+        lines = len(re.split(r"<br\s*/?>", title["text"]))
+        title_px = size * 1.3 * lines
+        if _text_width(title["text"], size) > W - 10:
+            found.append(f"title too long for {W} px: {_TAGS.sub('', title['text'])[:60]!r}")
+    plot_w = W - margin["l"] - margin["r"]
+    above = [a for a in lay.get("annotations", []) if a.get("yref", "paper") == "paper"
+             and a.get("xref", "paper") == "paper" and a.get("y", 0) >= 1 and a.get("text")]
+    spans = []
+    for a in above:
+        size = a.get("font", {}).get("size", base)
+        half = _text_width(a["text"], size) / 2
+        x = margin["l"] + a.get("x", 0.5) * plot_w
+        spans.append((x - half, x + half, round(a.get("y", 1), 2), a["text"]))
+    spans.sort()
+    for left, right, _, text in spans:
+        if left < 0 or right > W:
+            found.append(f"subplot title runs off the figure: {_TAGS.sub('', text)[:40]!r}")
+    for (l0, r0, y0, t0), (l1, r1, y1, t1) in zip(spans, spans[1:]):
+        if y0 == y1 and r0 > l1:
+            found.append(f"subplot titles overlap: {t0[:30]!r} and {t1[:30]!r}")
+    top = title_px + 6
+    if above:
+        top += max(a.get("font", {}).get("size", base) for a in above) * 1.5
+    legend = lay.get("legend", {})
+    if legend.get("y", 0) > 1 and lay.get("showlegend", True) is not False:
+        top += base * 1.6
+    if title_px and margin["t"] < top:
+        found.append(f"top margin {margin['t']} px < {top:.0f} px for the title and what sits "
+                     f"above the plot: {_TAGS.sub('', title['text'])[:40]!r}")
+    return found
+
+
+def figure_problems(nb, width: int = FIGURE_WIDTH) -> list:
+    """:func:`layout_problems` of every plotly figure a notebook holds, with its cell."""
+    return [f"cell {k}: {p}" for k, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for out in cell.get("outputs", [])
+            if "application/vnd.plotly.v1+json" in out.get("data", {})
+            for p in layout_problems(out["data"]["application/vnd.plotly.v1+json"], width)]
+
+
+def wide_pictures(html: str, limit: int = HANDOUT_WIDTH) -> list:
+    """The inline pictures of an exported handout wider than ``limit`` px: PNGs by their
+    header, SVGs by their width (points are 4/3 px)."""
+    import base64
+    import struct
+
+    found = []
+    for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]{40,}?)"', html):
+        w = struct.unpack(">I", base64.b64decode(data[:32])[16:20])[0]
+        if w > limit:
+            found.append(f"a PNG {w} px wide")
+    for value, unit in re.findall(r'<svg[^>]*?\swidth="([\d.]+)(pt|px)?"', html):
+        w = float(value) * (4 / 3 if unit == "pt" else 1)
+        if w > limit:
+            found.append(f"an SVG {w:.0f} px wide")
+    return found
+
+
 TEACHER_NOTE = "<small><i>Teacher's answer</i></small>"
 
 
 def teacher_notes(nb):
     """The teacher's handout shows a model answer under a small "Teacher's answer" note: the
     nbgrader markers of markdown cells (``### BEGIN SOLUTION``, a large heading in HTML)
-    become that note, or go (``### END SOLUTION``). Returns ``nb``, changed in place."""
+    become that note, or go (``### END SOLUTION``); in code cells the marker comments become
+    one short comment, or go. Returns ``nb``, changed in place."""
     for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            lines = []
-            for line in cell.source.splitlines():
-                if line.strip() == "### BEGIN SOLUTION":
-                    lines.append(TEACHER_NOTE)
-                elif line.strip() != "### END SOLUTION":
-                    lines.append(line)
-            cell.source = "\n".join(lines)
+        if cell.cell_type not in ("markdown", "code"):
+            continue
+        lines = []
+        for line in cell.source.splitlines():
+            marker = line.strip().lstrip("#").strip()
+            if marker == "BEGIN SOLUTION":
+                lines.append(TEACHER_NOTE if cell.cell_type == "markdown" else
+                             line[:len(line) - len(line.lstrip())] + "# the teacher's answer:")
+            elif marker != "END SOLUTION":
+                lines.append(line)
+        cell.source = "\n".join(lines)
     return nb
 
 

@@ -39,7 +39,8 @@ def plot_predictions(result):
         for kind in kinds:
             rnd = lv["spearman"].get("random", {}).get(kind)
             sel = lv["spearman"]["selected"][kind]
-            titles.append(f"{kind}, b={lv['blocks']}: rho random {_fmt(rnd)}, "
+            # two short lines: side by side, one long line ran into the next title
+            titles.append(f"{kind}, b={lv['blocks']}<br>rho: random {_fmt(rnd)}, "
                           f"picked {_fmt(sel)}")
     fig = make_subplots(rows=len(levels), cols=len(kinds), subplot_titles=titles,
                         horizontal_spacing=0.1, vertical_spacing=0.3 / len(levels))
@@ -70,8 +71,9 @@ def plot_predictions(result):
             fig.update_yaxes(title_text="true", row=row, col=col)
     fig.update_layout(title=f"honest predictions per level (K={result.config.beam} picked by "
                             f"{result.config.predictor})",
-                      height=300 * len(levels) + 100, margin=dict(l=50, r=20, t=90, b=40),
+                      height=300 * len(levels) + 100, margin=dict(l=50, r=20, t=100, b=40),
                       legend=dict(orientation="h", y=-0.08))
+    fig.update_annotations(font_size=13)
     return fig
 
 
@@ -184,39 +186,39 @@ def plot_seed_noise(table):
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False,
                              hoverinfo="skip", line=dict(color="#bbbbbb", dash="dot")))
     s = table.stats()
-    fig.update_layout(title=f"one training vs another: seed SD {s['seed_sd']:.4f}, spread "
-                            f"between cells {s['arch_sd']:.4f}, seed-vs-seed Spearman "
-                            f"{s['seed_spearman']:.2f}", height=420,
+    fig.update_layout(title=f"one training vs another: seed-vs-seed Spearman "
+                            f"{s['seed_spearman']:.2f}<br><sup>seed SD {s['seed_sd']:.4f}, "
+                            f"spread between cells {s['arch_sd']:.4f}</sup>", height=440,
                       xaxis_title="accuracy, seed 0", yaxis_title="accuracy, seed 1",
-                      margin=dict(l=50, r=20, t=60, b=40))
+                      margin=dict(l=50, r=20, t=80, b=40))
     return fig
 
 
 def draw_beams(result, max_cells: int = 8):
-    """The best cells kept at each level as small drawings: one row per level (b = 1 on
-    top), cells side by side, inputs at the top of each cell (graphviz)."""
+    """The best cells kept at each level as small drawings: one column per level (b = 1 on
+    the left), its cells stacked best first with their accuracy, inputs at the top of each
+    cell (graphviz). Stacked, not side by side: graphviz keeps the order of a column (an
+    invisible edge runs from each cell to the next), where it shuffled a row, and a column
+    of small cells fits the page where a row of eight did not."""
     g = new_digraph("beams")
-    g.attr(rankdir="TB", nodesep="0.1", ranksep="0.25")
+    g.attr(rankdir="TB", nodesep="0.15", ranksep="0.2")
     g.attr("node", fontsize="9", height="0.2")
     g.attr("edge", fontsize="7", penwidth="1.0")
     acc = {r["key"]: r["accuracy"] for r in result.records("pnas")}
     cells = {r["key"]: r["cell"] for r in result.records("pnas")}
-    previous = None
     for lv in result.levels:
         b = lv["blocks"]
         keys = sorted(lv["beam"], key=lambda k: -acc[k])[:max_cells]
         with g.subgraph(name=f"cluster_level{b}") as level:
-            level.attr(label=f"b = {b}: best {len(keys)} of {len(lv['beam'])} trained "
+            level.attr(label=f"b = {b}: best {len(keys)} of {len(lv['beam'])}\n"
                              f"({lv['candidates']} candidates)", style="rounded",
-                       color="#cccccc")
+                       color="#cccccc", labelloc="t")
             for j, key in enumerate(keys):
                 pairs = cells[key]
                 with level.subgraph(name=f"cluster_b{b}_{j}") as sub:
                     sub.attr(color="#eeeeee")
                     add_cell(sub, pairs, list(range(2, 2 + len(pairs) // 2)),
-                              prefix=f"b{b}_{j}_", title=f"acc {acc[key]:.3f}")
-        if previous is not None:  # invisible edges keep the levels in rows, in order
-            for j in range(min(len(keys), previous[1])):
-                g.edge(f"{previous[0]}_{j}_out", f"b{b}_{j}_in0", style="invis")
-        previous = (f"b{b}", len(keys))
+                              prefix=f"b{b}_{j}_", title=f"{j + 1}. acc {acc[key]:.3f}")
+                if j:  # the next cell below this one, in order
+                    level.edge(f"b{b}_{j - 1}_out", f"b{b}_{j}_in0", style="invis")
     return g

@@ -66,9 +66,11 @@ def _drawing_class():
     return _DRAWING[0]
 
 
-# Graphviz's size (inches at 72 points each): a drawing wider than about 1,000 px (an output
-# column of JupyterLab or a handout page) is scaled down to fit; smaller ones keep theirs.
-MAX_SIZE = "10.4,40"
+# Graphviz's size (inches at 72 points each): a drawing wider than about 910 px is scaled
+# down to fit; smaller ones keep theirs. JupyterLab's output column is 953 px in a 1,400-px
+# window with the file browser open (measured in the browser test's Chromium), where a
+# 999-px drawing got a scrollbar and lost its output node; a handout page is wider.
+MAX_SIZE = "9.5,40"
 
 
 def new_digraph(name, size=None):
