@@ -55,7 +55,7 @@ NB_ENV := NAS_TUTORIAL_PRESET=quick NAS_TUTORIAL_STATIC=0
 notebooks: setup
 	$(NB_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q tests
 	$(NB_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
@@ -63,15 +63,16 @@ test: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-# Chromium renders the static copies of the plotly figures (kaleido) and checks the handouts.
+# Chromium renders the static copies of the plotly figures (kaleido) and checks the handouts;
+# with its driver it runs tests/test_browser.py (figures redrawn in a real JupyterLab).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (timeout 300 apt-get update -qq >/dev/null 2>&1 && \
-	     timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1) || \
-	      echo "chromium: could not install it; figures stay interactive-only in saved notebooks"; \
+	     timeout 600 apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1) || \
+	      echo "chromium: could not install it; figures stay interactive-only in saved notebooks, the browser test is skipped"; \
 	  else \
-	    echo "chromium: not installed; figures stay interactive-only in saved notebooks (apt-get install chromium)"; \
+	    echo "chromium: not installed; figures stay interactive-only in saved notebooks, the browser test is skipped (apt-get install chromium chromium-driver)"; \
 	  fi; }
 
 # Learners' copies: the exercise solutions replaced by a stub (nbgrader's ClearSolutions).
