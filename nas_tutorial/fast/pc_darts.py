@@ -194,20 +194,24 @@ CPU_NHWC_UNSAFE_K = frozenset({2, 4})  # where the crash / non-repeatability was
 # Measured 2026-12-02 (2 threads, batch 32, C=16, 8 cells), NHWC ops / NCHW ops: 1.02 at
 # K=2, 1.18 at K=4, 1.26 at K=8; measured again that day on another machine, after the
 # architecture passes stopped taking weight gradients: 0.99, 1.35, 1.47 (and whole-network
-# NHWC at K=1 0.88). K=2 stays NCHW: 1% either way. Before the depthwise rewrites
+# NHWC at K=1 0.88). K=2 stayed NCHW then: 1% either way. Before the depthwise rewrites
 # (convs.py) NHWC ops were 10% faster on one thread, but BN over 2-8 channels is slow in
 # NHWC, and once the depthwise backward is fast in NCHW too, that is what remains: NCHW
 # everywhere.
-CPU_OPS_CHANNELS_LAST = {2: False, 4: False, 8: False}
+# Measured 2026-12-04 on an idle machine: 0.94 at K=2, 1.15 at K=4, 1.27 at K=8, so K=2 runs
+# its ops in NHWC; since that day it matters only for unfused cells (``fused=False``): the
+# fused cells copy no state into the ops' own layout, and a CPU search fuses from K=2.
+CPU_OPS_CHANNELS_LAST = {2: True, 4: False, 8: False}
 
 
 # Fused cells (fast/fused.py) or the unfused fast cells, per K, on a CPU: what the newest CPU
 # record of `make bench` measured faster (the same step both ways, in alternation; a test
 # keeps the two in agreement). On CUDA always fused: there the step is bound by the number
-# of operators. Measured 2026-12-04 (2 threads, batch 32, C=16, 8 cells), fused / fast: 2.05
-# at K=1, 0.92 at K=2, 0.60-0.68 at K=4. At K=1 every edge reads all 16 channels of its
-# state and the step is bound by arithmetic, which fusion adds to (3x3 kernels run as 5x5,
-# the input is copied once per edge): it stays unfused there.
+# of operators. Measured 2026-12-04 (2 threads, batch 32, C=16, 8 cells), fused / unfused:
+# 1.91 at K=1, 0.93 at K=2, 0.69 at K=4, 0.49 at K=8 on an idle machine (under load that day:
+# 1.93, 0.77, 0.57, 0.90). At K=1 every edge reads all 16 channels of its state and the
+# step is bound by arithmetic, which fusion adds to (3x3 kernels run as 5x5, the input is
+# copied once per edge): it stays unfused there.
 CPU_FUSED = {1: False, 2: True, 4: True, 8: True}
 
 
