@@ -15,7 +15,10 @@ about 8 minutes on one GPU, and writes one record under ``data/runs/``
 3. the second-order architecture gradient against float64 (C=16, 8 cells, 32 px, batch 64)
    as the search takes it (TF32 off inside the step; fails under cosine 0.999) and with
    TF32 allowed for convolutions and matmuls (cuDNN's default is on since Ampere);
-4. each CLI verb on the device with small budgets.
+4. each CLI verb on the device with small budgets;
+5. the notebooks' ``gpu`` preset: every unit of its work timed on the GPU
+   (``nas_tutorial.run.gpu_budget.measure_units``), recorded as ``gpu-budget-gpu.json``
+   (``source: measured``), which then replaces the estimate the preset was sized with.
 
 ``--dry`` (``make gpu-check DRY=1``) runs the same script on the CPU with tiny sizes in
 about a minute and writes the record to a temporary folder (a unit test runs it, so the
@@ -172,6 +175,27 @@ def cli_verbs(device: str, dry: bool, folder: Path) -> dict:
     return out
 
 
+def notebook_budget(device: str, dry: bool, folder: Path) -> dict:
+    """Part 5: the gpu preset's units timed here; each notebook's total against 300 s. The
+    dry run times the tiny presets of the notebook test on the CPU, recorded nowhere."""
+    from nas_tutorial.run import gpu_budget as gb
+    from nas_tutorial.run import records
+
+    if dry:
+        sys.path.insert(0, str(REPO / "tests"))
+        from gpu_preset_tiny import shrink
+
+        shrink()
+    units = gb.measure_units("gpu", device, progress=lambda line: print(f"  {line}", flush=True))
+    payload = gb.make_record(units, "measured")
+    path = records.record("gpu-budget", payload, device, root=folder if dry else None,
+                          name="gpu-budget-gpu")
+    return {"ok": dry or all(r["total_s"] <= gb.GOAL_S for r in payload["notebooks"].values()),
+            "record": path.name,
+            "totals_s": {nb: round(r["total_s"]) for nb, r in payload["notebooks"].items()},
+            "units_ms": {k: round(v["seconds"] * 1e3, 2) for k, v in units.items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (about a minute)")
@@ -192,7 +216,8 @@ def main(argv=None) -> int:
     parts = [("cuda_tests", lambda: cuda_tests(device)),
              ("search_step", lambda: search_steps(device, size)),
              ("second_order", lambda: second_order_cosine(device, size)),
-             ("cli", lambda: cli_verbs(device, args.dry, work))]
+             ("cli", lambda: cli_verbs(device, args.dry, work)),
+             ("notebook_budget", lambda: notebook_budget(device, args.dry, work))]
     failed = []
     for name, part in parts:
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ their own modules (``nt.pc_darts``, ``nt.spos``, ``nt.pnas``); drawings and plot
 ``nt.viz``. Importing does nothing else: no downloads, no device moves, no seeding.
 """
 from . import data, devices
-from .config import PRESETS, Preset, TrainConfig, get_preset
+from .config import PRESETS, Preset, TrainConfig, get_preset, notebook_preset
 from .flops import count_flops
 from .genotypes import GENOTYPES, Genotype, GenotypeError
 from .network import NetworkCIFAR, count_params
@@ -17,7 +17,8 @@ from .training import History, evaluate, train, train_genotype
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "devices", "PRESETS", "Preset", "TrainConfig", "get_preset", "count_flops", "GENOTYPES",
+    "data", "devices", "PRESETS", "Preset", "TrainConfig", "get_preset", "notebook_preset",
+    "count_flops", "GENOTYPES",
     "Genotype", "GenotypeError", "NetworkCIFAR", "count_params", "DARTS_OPS", "OPS",
     "PNAS_OPS", "History", "evaluate", "train", "train_genotype",
 ]
@@ -29,7 +30,8 @@ _ALIASES = {"pc_darts": "methods.pc_darts", "spos": "methods.spos", "pnas": "met
             "spos_viz": "viz.spos", "pnas_viz": "viz.pnas", "cli": "run.cli",
             "runs": "run.records", "tables": "run.tables", "runfolders": "run.folders",
             "searches": "run.searches", "compare": "run.compare", "notebook": "viz.notebook",
-            "handouts": "teaching.handouts", "exercises": "teaching.exercises"}
+            "handouts": "teaching.handouts", "exercises": "teaching.exercises",
+            "gpu_budget": "run.gpu_budget"}
 
 
 def __getattr__(name):

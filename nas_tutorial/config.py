@@ -1,10 +1,15 @@
-"""Run settings as frozen dataclasses, with two named presets.
+"""Run settings as frozen dataclasses, with three named presets.
 
 ``quick`` runs on a laptop CPU in minutes on Fashion-MNIST at 16x16 (offline through
-Debian's ``dataset-fashion-mnist``, see ``nas_tutorial.data``); ``full`` is the
-papers' setting on CIFAR-10 for a GPU. ``get_preset()`` picks ``full`` when CUDA is present
-and ``quick`` otherwise; ``NAS_TUTORIAL_PRESET`` overrides the choice. Method-specific
-configs (search settings) live in the method's module and follow the same pattern.
+Debian's ``dataset-fashion-mnist``, see ``nas_tutorial.data``); ``gpu`` is what a class on
+GPU machines gets in a notebook: each notebook in about 5 minutes on one GPU, larger
+networks, more data and longer searches than ``quick``, on CIFAR-10 when it is on disk and
+Fashion-MNIST otherwise (sized in ``nas_tutorial.run.gpu_budget``); ``full`` is the papers'
+setting on CIFAR-10, hours on a GPU. ``get_preset()`` (the command line) picks ``full``
+when CUDA is present and ``quick`` otherwise; ``notebook_preset()`` (the notebooks) picks
+``gpu`` on CUDA, so ``full`` runs in a notebook only when asked for. ``NAS_TUTORIAL_PRESET``
+overrides both. Method-specific configs (search settings) live in the method's module and
+follow the same pattern.
 """
 from __future__ import annotations
 
@@ -66,7 +71,31 @@ PRESETS = {
         name="full", dataset="cifar10", image_size=None, channels=36, layers=20, auxiliary=True,
         train=TrainConfig(),
     ),
+    # A notebook on one GPU (sized in nas_tutorial.run.gpu_budget): the supernet's C=16 and
+    # 8 cells at 32 px, trained 10 epochs on all 50,000 images at batch 256. A step of
+    # this small network is bound by the host issuing operators, not by the arithmetic, so
+    # the large batch is nearly free. CIFAR-10 when on disk, else Fashion-MNIST (gpu_data).
+    "gpu": Preset(
+        name="gpu", dataset="cifar10", image_size=None, channels=16, layers=8,
+        auxiliary=False,
+        train=TrainConfig(epochs=10, batch_size=256, lr=0.1, drop_path=0.0, cutout=0),
+    ),
 }
+
+GPU = "gpu"  # the notebooks' preset on a CUDA machine
+
+
+def gpu_data(config, name: str, given=()):
+    """``config`` of preset ``name`` with the data this machine has: a ``gpu`` preset's
+    CIFAR-10 becomes Fashion-MNIST when CIFAR-10 is not on disk (a GPU machine in a
+    classroom may have no network: nothing is downloaded for it), unless the dataset was
+    asked for (``"dataset" in given``). Every other preset as it is."""
+    from .data import on_disk
+
+    if (name.split("-")[0] != GPU or "dataset" in given
+            or getattr(config, "dataset", None) != "cifar10" or on_disk("cifar10")):
+        return config
+    return replace(config, dataset="fashion_mnist")
 
 
 def get_preset(name: str | None = None, device="auto") -> Preset:
@@ -76,7 +105,16 @@ def get_preset(name: str | None = None, device="auto") -> Preset:
         "full" if resolve_device(device).type == "cuda" else "quick")
     if name not in PRESETS:
         raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return gpu_data(PRESETS[name], name)
+
+
+def notebook_preset(name: str | None = None, device="auto") -> Preset:
+    """The preset a notebook runs: ``name``, else ``$NAS_TUTORIAL_PRESET``, else ``gpu`` on
+    CUDA (each notebook in about 5 minutes on one GPU) and ``quick`` on the CPU. ``full``
+    (the papers' settings: hours) only when named."""
+    name = name or os.environ.get("NAS_TUTORIAL_PRESET") or (
+        GPU if resolve_device(device).type == "cuda" else "quick")
+    return get_preset(name, device)
 
 
 def preset_name(name: str | None = None, device="auto") -> str:
@@ -87,9 +125,10 @@ def preset_name(name: str | None = None, device="auto") -> str:
 def select(presets: dict, name: str, overrides: dict):
     """The one rule of every method's ``get_config``: the preset ``name``'s config, each
     override replacing its field (None too: ``image_size=None`` is the native size), an
-    unknown field refused in one line naming it. The command line drops the flags not given
-    before it calls (``nas_tutorial.run.searches.get_config``)."""
-    base = presets[name]
+    unknown field refused in one line naming it; a ``gpu`` preset on the data this machine
+    has (:func:`gpu_data`). The command line drops the flags not given before it calls
+    (``nas_tutorial.run.searches.get_config``)."""
+    base = gpu_data(presets[name], name, overrides)
     given = dict(overrides)
     known = [f.name for f in fields(base)]
     unknown = sorted(set(given) - set(known))
@@ -99,4 +138,5 @@ def select(presets: dict, name: str, overrides: dict):
     return replace(base, **given)
 
 
-__all__ = ["TrainConfig", "Preset", "PRESETS", "get_preset", "preset_name", "select"]
+__all__ = ["TrainConfig", "Preset", "PRESETS", "GPU", "get_preset", "notebook_preset", "gpu_data",
+           "preset_name", "select"]

@@ -32,6 +32,7 @@ from .devices import resolve_device  # noqa: F401  (nt.data.resolve_device, as b
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 OFFLINE = ("digits", "synthetic")
+CHANNELS = {"cifar10": 3, "cifar100": 3, "fashion_mnist": 1, "digits": 1, "synthetic": 3}
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian/Ubuntu: the four *-ubyte.gz files
 
 
@@ -193,6 +194,29 @@ def find_fashion_mnist(root=None) -> Path | None:
                                       _FASHION_FILES.values() for stem in pair):
             return folder
     return None
+
+
+# torchvision's folders and files, checked without reading them (a GPU machine in a class
+# may have no network: a preset picks its data by what is here).
+_TORCHVISION_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]),
+    "cifar100": ("cifar-100-python", ["train", "test"]),
+}
+
+
+def on_disk(name: str, root=None) -> bool:
+    """Whether ``name`` loads without a network: its files are under ``root`` (default
+    ``data/``) in torchvision's layout, Fashion-MNIST also from the Debian package, and
+    ``digits`` and ``synthetic`` always."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    if name in OFFLINE:
+        return True
+    if name == "fashion_mnist":
+        return find_fashion_mnist(root) is not None
+    folder, files = _TORCHVISION_FILES[name]
+    folder = (Path(root) if root is not None else default_root()) / folder
+    return all((folder / f).is_file() for f in files)
 
 
 def _load_fashion_mnist(train, root, download):

@@ -327,3 +327,27 @@ def test_code_solution_markers_become_one_short_comment():
     nb = handouts.teacher_notes(new_notebook(cells=[new_code_cell(
         "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION")]))
     assert nb.cells[0].source == "def f(x):\n    # the teacher's answer:\n    return x"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_section_reads_in_a_few_minutes(path):
+    """Issue 28: no section (up to the next ## or ### heading) of more than 450 words (about
+    two minutes at 220 words a minute), no paragraph or list item of more than 150."""
+    assert handouts.reading_problems(nbformat.read(path, 4)) == []
+
+
+def test_the_reading_check_finds_long_sections_and_paragraphs():
+    words = lambda n: " ".join(["word"] * n)  # noqa: E731
+    md = nbformat.v4.new_markdown_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        md(f"## One\n{words(100)}\n\n{words(100)}"), md(f"{words(100)}\n\n{words(100)}"),
+        md(f"### Two\n- {words(140)}\n- {words(140)}"),
+        md(f"**Answers**\n\n### BEGIN SOLUTION\n1. {words(149)}\n2. {words(149)}\n"
+           f"3. {words(149)}\n### END SOLUTION"),
+        md(f"## Three\n{words(151)}")])
+    assert handouts.reading_problems(nb) == [  # One: 400, Two: 281, the answers: 450 words
+        "section 'Three': a paragraph of 151 words ('word word word word word word word word ...')"]
+    nb.cells[1] = md(f"{words(100)}\n\n{words(100)}\n\n{words(60)}")  # One: 460 words
+    nb.cells[2] = md(f"- {words(140)}\n- {words(140)}")  # no heading: Two joins One
+    found = handouts.reading_problems(nb)
+    assert found[0] == "section 'One': 741 words (at most 450)" and len(found) == 2  # + 'Answers'

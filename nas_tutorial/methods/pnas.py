@@ -161,6 +161,13 @@ PNAS_PRESETS = {
     # The paper's search on CIFAR-10 (K = 256, B = 5, N = 2, F = 24, 20 epochs per child).
     "full": PNASConfig(),
 }
+# A notebook on one GPU (nas_tutorial.run.gpu_budget): quick's space and search (so the
+# pnas table still names every cell), children of N = 1 (5 cells), F = 16 at 32 px, 10,000
+# training images, 10 epochs at batch 128, scored on 5,000 held-out images.
+PNAS_PRESETS["gpu"] = replace(
+    PNAS_PRESETS["quick"], dataset="cifar10", image_size=None, valid_images=5000,
+    train_images=10000, channels=16, cells_per_stage=1, workers=4,
+    train=TrainConfig(epochs=10, batch_size=128, lr=0.05, drop_path=0.0, cutout=0))
 
 
 def get_config(preset: str | None = None, **overrides) -> PNASConfig:

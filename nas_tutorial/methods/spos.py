@@ -34,7 +34,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -42,57 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from ..data import DeviceLoader, holdout, load, split
+from ..data import CHANNELS, DeviceLoader, holdout, load, split
 from ..devices import resolve_device
 from ..groundtruth import ranking_ceiling  # noqa: F401  (spos.ranking_ceiling, as before)
 from ..checkpoints import fingerprint, load_into, read_checkpoint, save, write_json
 from ..config import TrainConfig, preset_name, select
 from ..training import autocast, diverged, nonfinite, progress_bar, train
 from .spos_space import (  # noqa: F401  (the space, as spos.* names)
-    CHANNEL_SCALES, CHOICES, CIFAR, ChoiceBlock, IMAGENET, PUBLISHED_PATH, PathError,
+    CHANNEL_SCALES, CHOICES, CIFAR, GPU, ChoiceBlock, IMAGENET, PUBLISHED_PATH, PathError,
     QUICK, SPACES, Supernet, SupernetConfig, channel_shuffle, check_budget, check_path,
-    count_flops, count_params, decode, in_space, lookup_table, path_key, space_of,
-    space_range, standalone, within_budget)
-
-# -- sampling ------------------------------------------------------------------------------
-def random_path(config: SupernetConfig, rng: random.Random) -> tuple:
-    """One choice per layer, uniformly (Sec. 3.2, Eq. 7)."""
-    return tuple(rng.randrange(config.num_choices) for _ in range(config.num_layers))
-
-
-def flops_bins(config: SupernetConfig, flops_limit: float | None = None) -> tuple:
-    """FLOPs bin edges in MFLOPs that training samples from (Sec. 4).
-
-    A config with fixed bins (``IMAGENET``: the paper's 7 bins, 290-360M around its 330M
-    budget) uses them whatever the limit. Elsewhere, with a budget: the same window scaled
-    to it (limit x 290/330 ... limit x 360/330, 7 bins), so the supernet trains the paths the
-    search will compare. Without a budget: 7 equal bins over the whole space. The bins are
-    drawn uniformly, then a path uniformly inside the bin, so paths of crowded bins are drawn
-    less often each (official ``get_uniform_sample_cand``)."""
-    if config.flops_bins is not None:
-        return config.flops_bins
-    if flops_limit is not None:
-        return tuple(flops_limit * (290 + 10 * k) / 330 for k in range(8))
-    lo, hi = space_range(config)["flops"]
-    return tuple(lo + (hi - lo) * k / 7 for k in range(8))
-
-
-def sample_path(config: SupernetConfig, rng: random.Random, uniform_flops: bool = False,
-                tries: int = 500, flops_limit: float | None = None) -> tuple:
-    """A uniform path, or (``uniform_flops``) a FLOPs bin first (:func:`flops_bins`), then
-    rejection sampling inside it, falling back to a uniform path after ``tries`` misses
-    (official ``get_uniform_sample_cand``; its ``train.py`` always samples this way)."""
-    if not uniform_flops:
-        return random_path(config, rng)
-    edges = flops_bins(config, flops_limit)
-    k = rng.randrange(len(edges) - 1)
-    lo, hi = edges[k] * 1e6, edges[k + 1] * 1e6
-    for _ in range(tries):
-        path = random_path(config, rng)
-        if lo <= count_flops(path, config) <= hi:
-            return path
-    return random_path(config, rng)
-
+    count_flops, count_params, decode, flops_bins, in_space, lookup_table, path_key,
+    random_path, sample_path, space_of, space_range, standalone, within_budget)
 
 SAMPLING = ("window", "bins", "uniform")
 FIRST_STEPS = 5  # losses of the first steps kept in the history (see train_supernet)
@@ -140,8 +100,10 @@ class SPOSConfig:
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, "
                              f"got {self.sampling!r}")
-        # the space decides the supernet's channel scales (spos_space.in_space)
-        object.__setattr__(self, "supernet", in_space(self.supernet, self.space))
+        # the space decides the channel scales (in_space), the data the input channels
+        net = in_space(self.supernet, self.space)
+        object.__setattr__(self, "supernet", replace(
+            net, in_channels=CHANNELS.get(self.dataset, net.in_channels)))
         for name in ("flops_limit", "params_limit"):  # before any training, not after it
             limit = getattr(self, name)
             if limit is not None and not 0 < limit < math.inf:  # NaN fails it too
@@ -166,20 +128,20 @@ def training_settings(config: dict) -> dict:
 
 
 PRESETS = {
-    # 6 layers (4,096 paths) on 16x16 Fashion-MNIST, 6,000 training images, 10,000 held out
-    # (a sixth of the set; fitness reads the first 2,000). The supernet trains 40 epochs
-    # (3,720 steps, about 4 minutes on one CPU core), chosen by measurement
-    # (benchmarks/spos_supernet_sweep.py, data/runs/spos-quick-supernet-sweep.json, supernet
-    # seeds 0-2): after 6 / 20 / 40 epochs the training accuracy over the sampled paths is
-    # 0.46 / 0.65 / 0.70 and the best path's inherited held-out accuracy 0.59 / 0.72 / 0.75
-    # (paths trained stand-alone: 0.80), still rising at 20; evolution >= random search on
-    # one fitness cache in 13 / 12 / 13 of 15 (supernet, search seed) pairs; Kendall tau
-    # against the spos table stays near 0 at every length (the table cannot rank these
-    # paths: ranking_ceiling). Notebook 04 loads the supernet ``search spos`` wrote instead of training it
-    # (:func:`nas_tutorial.run.records.load_supernet`). A path trained stand-alone (the spos table) gets the
-    # supernet's optimizer for ``ranking_epochs`` = 8 epochs, cosine to zero, and is scored
-    # on all 10,000 held-out images: measured on one path, held-out accuracy 0.69 / 0.76 /
-    # 0.80 after epochs 1 / 5 / 8 (flat over the last two); seeds 0 and 1 end 0.006 apart.
+    # 6 layers (4,096 paths) on 16x16 Fashion-MNIST, 6,000 training images, 10,000 held out (a
+    # sixth of the set; fitness reads the first 2,000). The supernet trains 40 epochs (3,720 steps,
+    # about 4 minutes on one CPU core), chosen by measurement (benchmarks/spos_supernet_sweep.py,
+    # data/runs/spos-quick-supernet-sweep.json, supernet seeds 0-2): after 6 / 20 / 40 epochs the
+    # training accuracy over the sampled paths is 0.46 / 0.65 / 0.70 and the best path's inherited
+    # held-out accuracy 0.59 / 0.72 / 0.75 (paths trained stand-alone: 0.80), still rising at 20;
+    # evolution >= random search on one fitness cache in 13 / 12 / 13 of 15 (supernet, search seed)
+    # pairs; Kendall tau against the spos table stays near 0 at every length (the table cannot rank
+    # these paths: ranking_ceiling). Notebook 04 loads the supernet ``search spos`` wrote instead
+    # of training it (:func:`nas_tutorial.run.records.load_supernet`). A path trained stand-alone
+    # (the spos table) gets the supernet's optimizer for ``ranking_epochs`` = 8 epochs, cosine to
+    # zero, and is scored on all 10,000 held-out images: measured on one path, held-out accuracy
+    # 0.69 / 0.76 / 0.80 after epochs 1 / 5 / 8 (flat over the last two); seeds 0 and 1 end 0.006
+    # apart.
     "quick": SPOSConfig(
         name="quick", supernet=QUICK, dataset="fashion_mnist", image_size=16,
         valid_fraction=1 / 6, train_images=6000, epochs=40, batch_size=64, lr=0.1,
@@ -192,6 +154,13 @@ PRESETS = {
         name="full", supernet=CIFAR, dataset="cifar10", image_size=None, valid_fraction=0.1,
         epochs=120, batch_size=256, lr=0.125, valid_images=None, flops_limit=27.0,
         ranking_paths=10, ranking_epochs=30),
+    # A notebook on one GPU (run.gpu_budget): lr scaled as in full, the budget near where 330M
+    # sits in ImageNet's FLOPs range (0.47 of it; 6.7M: 0.44 on CIFAR-10, 0.56 on grey images).
+    "gpu": SPOSConfig(
+        name="gpu", supernet=GPU, dataset="cifar10", image_size=32, valid_fraction=0.1,
+        train_images=20000, epochs=20, batch_size=256, lr=0.125, recal_batches=4,
+        recal_batch_size=256, valid_images=2000, population=16, generations=6, topk=5,
+        n_mutation=8, n_crossover=8, flops_limit=6.7, ranking_paths=4, ranking_epochs=5),
 }
 
 

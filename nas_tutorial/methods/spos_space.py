@@ -13,6 +13,7 @@ Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampli
   blocks per layer; ``channels`` picks a block *and* a scale of its mid channels (0.2 to 2.0,
   ten steps) per layer, every width sliced from one weight tensor of the widest block.
   :func:`in_space` gives a supernet config the scales of a space.
+- Sec. 3.2 and 4: a path drawn uniformly, or a FLOPs bin first (:func:`sample_path`).
 - Sec. 4: FLOPs and parameters of a path by lookup table (multiply-adds of convs and
   linears), what the budgets of the search are measured in.
 
@@ -21,6 +22,7 @@ The method that searches this space, :mod:`nas_tutorial.spos`, re-exports every 
 from __future__ import annotations
 
 import functools
+import random
 from dataclasses import dataclass, replace
 
 import torch
@@ -67,6 +69,12 @@ CIFAR = replace(IMAGENET, name="cifar", stem_stride=1, image_size=32, num_classe
 QUICK = SupernetConfig("quick", stage_repeats=(2, 2, 2), stage_channels=(32, 64, 128),
                        stem_channels=16, stem_stride=1, last_channels=256, in_channels=1,
                        image_size=16, num_classes=10)
+# The notebooks' GPU preset: 8 layers (65,536 paths) in three stages at 32 px, between QUICK
+# and the paper's 20-layer CIFAR supernet; a class's few minutes on one GPU
+# (nas_tutorial.run.gpu_budget).
+GPU = SupernetConfig("gpu", stage_repeats=(2, 3, 3), stage_channels=(48, 96, 192),
+                     stem_channels=16, stem_stride=1, last_channels=512, in_channels=3,
+                     image_size=32, num_classes=10)
 
 
 class PathError(ValueError):
@@ -393,3 +401,43 @@ def check_budget(config: SupernetConfig, flops_limit=None, params_limit=None) ->
 def within_budget(path, config, flops_limit=None, params_limit=None) -> bool:
     return ((flops_limit is None or count_flops(path, config) <= flops_limit * 1e6)
             and (params_limit is None or count_params(path, config) <= params_limit * 1e6))
+
+
+# -- sampling paths (Sec. 3.2 and 4) -------------------------------------------------------
+def random_path(config: SupernetConfig, rng: random.Random) -> tuple:
+    """One choice per layer, uniformly (Sec. 3.2, Eq. 7)."""
+    return tuple(rng.randrange(config.num_choices) for _ in range(config.num_layers))
+
+
+def flops_bins(config: SupernetConfig, flops_limit: float | None = None) -> tuple:
+    """FLOPs bin edges in MFLOPs that training samples from (Sec. 4).
+
+    A config with fixed bins (``IMAGENET``: the paper's 7 bins, 290-360M around its 330M
+    budget) uses them whatever the limit. Elsewhere, with a budget: the same window scaled
+    to it (limit x 290/330 ... limit x 360/330, 7 bins), so the supernet trains the paths the
+    search will compare. Without a budget: 7 equal bins over the whole space. The bins are
+    drawn uniformly, then a path uniformly inside the bin, so paths of crowded bins are drawn
+    less often each (official ``get_uniform_sample_cand``)."""
+    if config.flops_bins is not None:
+        return config.flops_bins
+    if flops_limit is not None:
+        return tuple(flops_limit * (290 + 10 * k) / 330 for k in range(8))
+    lo, hi = space_range(config)["flops"]
+    return tuple(lo + (hi - lo) * k / 7 for k in range(8))
+
+
+def sample_path(config: SupernetConfig, rng: random.Random, uniform_flops: bool = False,
+                tries: int = 500, flops_limit: float | None = None) -> tuple:
+    """A uniform path, or (``uniform_flops``) a FLOPs bin first (:func:`flops_bins`), then
+    rejection sampling inside it, falling back to a uniform path after ``tries`` misses
+    (official ``get_uniform_sample_cand``; its ``train.py`` always samples this way)."""
+    if not uniform_flops:
+        return random_path(config, rng)
+    edges = flops_bins(config, flops_limit)
+    k = rng.randrange(len(edges) - 1)
+    lo, hi = edges[k] * 1e6, edges[k + 1] * 1e6
+    for _ in range(tries):
+        path = random_path(config, rng)
+        if lo <= count_flops(path, config) <= hi:
+            return path
+    return random_path(config, rng)

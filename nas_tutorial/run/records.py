@@ -113,6 +113,13 @@ def run_folder(cfg) -> Path:
     return Path(f"runs/spos-{cfg.name}{space}-seed{cfg.seed}")
 
 
+def notebook_folder(cfg) -> Path:
+    """Where :func:`load_supernet` keeps a supernet a notebook trained (``runs/notebook-spos-
+    gpu-seed0``): found again by the next notebook, resumed after an interruption, and apart
+    from the command line's run folders (a folder holding a run is refused to a new one)."""
+    return REPO / "runs" / f"notebook-{run_folder(cfg).name}"
+
+
 def shown(path) -> str:
     """A path as a reader should see it: relative to the repository when inside it."""
     path = Path(path).resolve()
@@ -125,9 +132,10 @@ def shown(path) -> str:
 def supernet_file(cfg, folders=None) -> Path | None:
     """A finished ``supernet.pt`` that ``search spos`` wrote with exactly ``cfg``'s settings:
     first in the default run folder (``runs/spos-PRESET-seedS`` here or in the repository),
-    then in the copy shipped under ``data/runs``; None when none holds one."""
+    then in the copy shipped under ``data/runs``, then one a notebook trained
+    (:func:`notebook_folder`); None when none holds one."""
     name = run_folder(cfg)
-    folders = folders or (name, REPO / name, RECORDED / name.name)
+    folders = folders or (name, REPO / name, RECORDED / name.name, notebook_folder(cfg))
     for folder in folders:
         f = Path(folder) / "supernet.pt"
         if f.is_file():
@@ -144,11 +152,16 @@ def supernet_file(cfg, folders=None) -> Path | None:
 def load_supernet(cfg, train_ds, device="auto", folders=None, progress=True):
     """(supernet, history, source): the supernet ``search spos`` trained with ``cfg`` when
     :func:`supernet_file` finds one (``source`` is that file: the finished checkpoint is
-    resumed, so nothing trains), else a new one trained now (``source`` is None). Train
-    the supernet once, search it many times: the paper's workflow."""
+    resumed, so nothing trains), else a new one trained now (``source`` is None), written
+    as it trains to :func:`notebook_folder` unless ``folders`` were named. Train the
+    supernet once, search it many times: the paper's workflow."""
     found = supernet_file(cfg, folders)
+    keep = found
+    if found is None and folders is None:  # kept for the next notebook, resumed if stopped
+        keep = notebook_folder(cfg) / "supernet.pt"
+        keep.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     supernet = spos.Supernet(cfg.supernet)
-    history = spos.train_supernet(supernet, train_ds, cfg, device, checkpoint=found,
-                             progress=progress and found is None)
+    history = spos.train_supernet(supernet, train_ds, cfg, device, checkpoint=keep,
+                                  progress=progress and found is None)
     return supernet, history, found

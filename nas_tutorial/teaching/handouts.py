@@ -57,6 +57,64 @@ def problems(nb) -> list:
     return found
 
 
+# -- text that reads in one sitting ---------------------------------------------------------
+SECTION_WORDS = 450    # about two minutes at 220 words a minute (a "##" section)
+PARAGRAPH_WORDS = 150  # a paragraph or list item a reader takes in at once
+_WORD = re.compile(r"[A-Za-z0-9][\w'-]*")
+_ITEM = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
+
+
+def _paragraphs(text: str) -> list:
+    """Blank-line paragraphs, each list item and heading on its own (code fences left out)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        current = []
+        for line in block.splitlines():
+            if (_ITEM.match(line) or line.startswith("#")) and current:
+                out.append("\n".join(current))
+                current = []
+            current.append(line)
+        if current:
+            out.append("\n".join(current))
+    return out
+
+
+def reading_problems(nb, section_words: int = SECTION_WORDS,
+                     paragraph_words: int = PARAGRAPH_WORDS) -> list:
+    """Markdown that does not read in one sitting: a section (its cells up to the next ``##``
+    or ``###`` heading; the model answers after nbgrader's ``### BEGIN SOLUTION`` are a
+    section of their own, the teacher's, left out of student copies) of more than
+    ``section_words`` words, or a paragraph or list item of more than ``paragraph_words``."""
+    found, title, words = [], "(before the first section)", 0
+
+    def close():
+        if words > section_words:
+            found.append(f"section '{title}': {words} words (at most {section_words})")
+
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for para in _paragraphs(cell.source):
+            first = para.strip().splitlines()[0] if para.strip() else ""
+            heading = re.match(r"^#{2,3}\s+(.+)$", first)
+            if "END SOLUTION" in first:  # nbgrader's marker, not text
+                continue
+            if heading:
+                close()
+                words = 0
+                title = ("model answers" if "BEGIN SOLUTION" in first
+                         else heading.group(1).strip()[:60])
+                para = para.replace(first, "", 1)
+            n = len(_WORD.findall(para))
+            words += n
+            if n > paragraph_words:
+                start = " ".join(para.split()[:8])
+                found.append(f"section '{title}': a paragraph of {n} words ('{start} ...')")
+    close()
+    return found
+
+
 # -- figures and pictures that fit the page ---------------------------------------------------
 HANDOUT_WIDTH = 1000  # px: the widest picture a handout (or JupyterLab's output column) shows
 FIGURE_WIDTH = 700    # px: plotly's default width, the width of the figures' PNG copies
