@@ -300,6 +300,7 @@ def test_a_damaged_spos_state_file_is_refused_naming_it(tmp_path, capsys):
     (["--unrolled"], ["--unrolled", "unrolled=False"]),
     (["--dataset", "synthetic"], ["--dataset synthetic", "dataset='digits'", "'synthetic'"]),
     (["--preset", "full"], ["--preset full", "preset='quick'", "not 'full'"]),
+    (["--preset", "gpu"], ["--preset gpu", "preset='quick'", "not 'gpu'"]),
 ])
 def test_pc_darts_resume_refuses_a_contradicting_flag(flags, words, tmp_path, capsys):
     run_dir = _pc_checkpoint(tmp_path / "run", epochs=1, warmup_epochs=0)
@@ -330,6 +331,7 @@ def test_pc_darts_resume_accepts_flags_that_agree(tmp_path, no_work):
     (["--sampling", "uniform"], ["--sampling uniform", "'window'"]),
     (["--seed", "2"], ["--seed 2", "seed=0"]),
     (["--preset", "full"], ["--preset full", "preset='quick'"]),
+    (["--preset", "gpu"], ["--preset gpu", "preset='quick'"]),
 ])
 def test_spos_resume_refuses_a_contradicting_flag(flags, words, tmp_path, capsys):
     run_dir = _spos_checkpoint(tmp_path / "run")
@@ -354,6 +356,7 @@ def test_spos_resume_takes_the_saved_settings(tmp_path, no_work):
     (["--predictor", "lstm"], ["--predictor lstm", "'mlp-ensemble'"]),
     (["--oracle", "table"], ["--oracle table", "'train'"]),
     (["--preset", "full"], ["--preset full", "preset='quick'"]),
+    (["--preset", "gpu"], ["--preset gpu", "preset='quick'"]),
 ])
 def test_pnas_resume_refuses_a_contradicting_flag(flags, words, tmp_path, capsys):
     run_dir = _pnas_checkpoint(tmp_path / "run")

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         m = methods.add_parser(name, parents=[common], help=f"{name} differentiable search")
         m.add_argument("--preset", choices=list(PRESETS) + ["long"], default=None,
                        help="quick (CPU minutes), long (the quick search given tens of "
-                            "minutes), full (the paper's, for a GPU)")
+                            "minutes), gpu (a few GPU minutes, the notebooks' choice on a "
+                            "GPU), full (the paper's, GPU hours)")
         m.add_argument("--k", type=_positive(), default=None, help="partial-channel 1/K")
         m.add_argument("--no-edge-norm", action="store_true", help="turn edge normalization off")
         m.add_argument("--unrolled", action="store_true", help="second-order architecture step")

@@ -29,7 +29,7 @@ from .. import distributed, viz
 
 from ..methods import pc_darts, pnas, spos
 from ..checkpoints import write_json
-from ..config import TrainConfig, preset_name
+from ..config import PRESETS, TrainConfig, preset_name
 from ..devices import device_label, machine, resolve_device
 from ..groundtruth import TableError
 from ..viz import pnas as pnas_viz
@@ -214,7 +214,7 @@ def search_pc_darts(method="pc-darts", preset=None, k=None, edge_norm=None, unro
         # the fields the flags set; a preset decides every other one
         flag_fields = {"seed", "k", "edge_norm", "unrolled", "epochs", "warmup_epochs",
                        "dataset", "image_size"}
-        presets = {n: asdict(get_config(method, n)) for n in ("quick", "long", "full")}
+        presets = {n: asdict(get_config(method, n)) for n in (*PRESETS, "long")}
         rf.check_preset(run_dir, preset, saved, presets, flag_fields)
         preset = preset or rf.preset_of(saved, presets, flag_fields)  # the summary names it
         rf.check_flags(run_dir, saved, [
@@ -324,7 +324,7 @@ def search_spos(preset=None, flops_limit=None, params_limit=None, population=Non
         cfg = spos_config(state["config"], run_dir / "supernet.pt")
         saved = asdict(cfg)
         rf.check_preset(run_dir, preset, saved,
-                        {n: asdict(spos.get_config(n, space=cfg.space)) for n in ("quick", "full")},
+                        {n: asdict(spos.get_config(n, space=cfg.space)) for n in PRESETS},
                         SPOS_FLAGS)
         rf.check_flags(run_dir, saved, [("--" + k.replace("_", "-"), k, v)
                                         for k, v in given.items()])
@@ -424,7 +424,7 @@ def search_pnas(preset=None, blocks=None, beam=None, predictor=None, seed=None, 
         run_dir, state = _folder("pnas", out, resume, overwrite, None)
         config = pnas_config(state["config"], run_dir / "checkpoint.json")
         saved = pnas.config_dict(config)
-        presets = {n: pnas.config_dict(pnas.PNAS_PRESETS[n]) for n in ("quick", "full")}
+        presets = {n: pnas.config_dict(pnas.get_config(n)) for n in PRESETS}
         rf.check_preset(run_dir, preset, saved, presets, PNAS_FLAGS)
         preset = preset or rf.preset_of(saved, presets, PNAS_FLAGS)  # the summary names it
         rf.check_flags(run_dir, saved, [
