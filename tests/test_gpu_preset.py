@@ -81,7 +81,7 @@ def test_gpu_preset_reads_cifar10_when_it_is_on_disk(cifar_on_disk):
     assert spos.get_config("gpu").supernet.in_channels == 3
 
 
-def test_gpu_preset_falls_back_to_fashion_mnist_without_downloading(no_cifar):
+def test_gpu_preset_falls_back_to_fashion_mnist_when_cifar10_is_not_on_disk(no_cifar):
     assert set(_datasets().values()) == {"fashion_mnist"}
     cfg = spos.get_config("gpu")
     assert cfg.supernet.in_channels == 1 and cfg.image_size == cfg.supernet.image_size == 32
@@ -132,8 +132,9 @@ def _tiny(monkeypatch):
 
 
 def test_the_counted_work_is_what_the_loops_run(monkeypatch):
-    """The work of notebooks 00 and 03 counted from the presets equals the optimizer
-    steps the training loop and the search take."""
+    """The work of notebooks 00, 03 and 04 counted from the presets equals the optimizer
+    steps the training loop, the search and the supernet training take (sizes the batches
+    do not divide: the last partial batch is dropped)."""
     _tiny(monkeypatch)
     counts = gb.work("gpu")
     steps = {"weights": 0, "arch": 0}
@@ -161,6 +162,11 @@ def test_the_counted_work_is_what_the_loops_run(monkeypatch):
     work = counts["03_pc_darts"]
     assert steps["arch"] == work["search_step"]
     assert steps["weights"] == work["search_step"] + work["search_weight_step"]
+    steps.update(weights=0)
+    o = spos.get_config("gpu")
+    train_ds, _ = spos.load_data(o, "cpu")
+    spos.train_supernet(spos.Supernet(o.supernet), train_ds, o, "cpu", progress=False)
+    assert steps["weights"] == counts["04_spos"]["supernet_step"] == 2 * (70 // 16)
 
 
 def test_estimated_units_count_real_operators(monkeypatch):
@@ -192,13 +198,35 @@ def test_fixed_seconds_leave_the_preset_cells_out(tmp_path):
 def test_a_supernet_a_notebook_trained_is_kept_and_found_again(monkeypatch, tmp_path):
     _tiny(monkeypatch)
     monkeypatch.setattr(records, "REPO", tmp_path)
+    monkeypatch.delenv("NAS_TUTORIAL_RUNS", raising=False)
     cfg = spos.get_config("gpu")
     train_ds, _ = spos.load_data(cfg, "cpu")
     first, _, source = records.load_supernet(cfg, train_ds, "cpu", progress=False)
     assert source is None  # trained now ...
-    kept = tmp_path / "runs" / "notebook-spos-gpu-seed0" / "supernet.pt"
-    assert kept.is_file()  # ... and kept beside, not in, the command line's run folders
+    kept = records.notebook_folder(cfg) / "supernet.pt"
+    assert kept.is_file() and kept.parent.parent == tmp_path / "runs"  # ... and kept
+    assert kept.parent.name.startswith("notebook-spos-gpu-seed0-")  # apart from the CLI's
     again, history, source = records.load_supernet(cfg, train_ds, "cpu", progress=False)
     assert source == kept.resolve() and history["epoch"] == [1, 2]
     for (k, a), b in zip(first.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
+    # other training settings get their own folder: never the old file, never an error
+    longer = replace(cfg, epochs=3)
+    assert records.notebook_folder(longer) != records.notebook_folder(cfg)
+    assert records.notebook_folder(replace(cfg, population=9)) == records.notebook_folder(cfg)
+    _, history, source = records.load_supernet(longer, train_ds, "cpu", progress=False)
+    assert source is None and history["epoch"] == [1, 2, 3]
+
+
+def test_a_supernet_trains_where_nothing_can_be_kept(monkeypatch, tmp_path, capsys):
+    _tiny(monkeypatch)
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a folder cannot be made inside a file (as in a read-only checkout)
+    monkeypatch.setenv("NAS_TUTORIAL_RUNS", str(blocked))
+    cfg = spos.get_config("gpu")
+    train_ds, _ = spos.load_data(cfg, "cpu")
+    _, history, source = records.load_supernet(cfg, train_ds, "cpu", progress=False)
+    assert source is None and history["epoch"] == [1, 2]
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("cannot keep the supernet in ") and "NAS_TUTORIAL_RUNS" in line
+    assert len(line.splitlines()) == 1

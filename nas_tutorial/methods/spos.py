@@ -160,7 +160,7 @@ PRESETS = {
         name="gpu", supernet=GPU, dataset="cifar10", image_size=32, valid_fraction=0.1,
         train_images=20000, epochs=20, batch_size=256, lr=0.125, recal_batches=4,
         recal_batch_size=256, valid_images=2000, population=16, generations=6, topk=5,
-        n_mutation=8, n_crossover=8, flops_limit=6.7, ranking_paths=4, ranking_epochs=5),
+        n_mutation=8, n_crossover=8, flops_limit=6.7, ranking_paths=8, ranking_epochs=5),
 }
 
 

@@ -7,7 +7,9 @@ folders (:func:`load_supernet`). Nothing here is imported by the algorithms.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -114,10 +116,16 @@ def run_folder(cfg) -> Path:
 
 
 def notebook_folder(cfg) -> Path:
-    """Where :func:`load_supernet` keeps a supernet a notebook trained (``runs/notebook-spos-
-    gpu-seed0``): found again by the next notebook, resumed after an interruption, and apart
-    from the command line's run folders (a folder holding a run is refused to a new one)."""
-    return REPO / "runs" / f"notebook-{run_folder(cfg).name}"
+    """Where :func:`load_supernet` keeps a supernet a notebook trained: under
+    ``$NAS_TUTORIAL_RUNS`` (one per user on a shared hub), else ``runs/`` of the repository,
+    named by the run and a hash of its training settings (``notebook-spos-gpu-seed0-1a2b3c4d``:
+    changed settings or another dataset never meet an old file). Found again by the next
+    notebook, resumed after an interruption, and apart from the command line's run folders
+    (a folder holding a run is refused to a new one)."""
+    settings = json.dumps(spos.training_settings(asdict(cfg)), sort_keys=True, default=str)
+    key = hashlib.sha1(settings.encode()).hexdigest()[:8]
+    root = Path(os.environ.get("NAS_TUTORIAL_RUNS") or REPO / "runs")
+    return root / f"notebook-{run_folder(cfg).name}-{key}"
 
 
 def shown(path) -> str:
@@ -159,7 +167,12 @@ def load_supernet(cfg, train_ds, device="auto", folders=None, progress=True):
     keep = found
     if found is None and folders is None:  # kept for the next notebook, resumed if stopped
         keep = notebook_folder(cfg) / "supernet.pt"
-        keep.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only checkout: train all the same, keep nothing
+            print(f"cannot keep the supernet in {shown(keep.parent)} ({e.strerror}); set "
+                  f"NAS_TUTORIAL_RUNS to a writable folder to keep it")
+            keep = None
     torch.manual_seed(cfg.seed)
     supernet = spos.Supernet(cfg.supernet)
     history = spos.train_supernet(supernet, train_ds, cfg, device, checkpoint=keep,
