@@ -33,6 +33,7 @@ from .devices import resolve_device  # noqa: F401  (nt.data.resolve_device, as b
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 OFFLINE = ("digits", "synthetic")
 CHANNELS = {"cifar10": 3, "cifar100": 3, "fashion_mnist": 1, "digits": 1, "synthetic": 3}
+CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "digits": 10, "synthetic": 10}
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian/Ubuntu: the four *-ubyte.gz files
 
 

@@ -95,6 +95,14 @@ def test_gpu_preset_falls_back_to_fashion_mnist_when_cifar10_is_not_on_disk(no_c
     assert spos.get_config("full").dataset == "cifar10"
 
 
+def test_the_spos_supernet_takes_its_input_and_output_sizes_from_the_data():
+    assert spos.get_config("full", dataset="cifar100").supernet.num_classes == 100
+    assert spos.get_config("full", dataset="fashion_mnist").supernet.in_channels == 1
+    cfg = spos.get_config("full", dataset="cifar10")
+    assert (cfg.supernet.in_channels, cfg.supernet.num_classes) == (3, 10)
+    assert cfg.supernet == spos.CIFAR  # the papers' supernet, unchanged
+
+
 def test_gpu_preset_shows_more_than_quick():
     quick, gpu = config.PRESETS["quick"], config.PRESETS["gpu"]
     assert gpu.channels > quick.channels and gpu.layers > quick.layers

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from ..data import CHANNELS, DeviceLoader, holdout, load, split
+from ..data import CHANNELS, CLASSES, DeviceLoader, holdout, load, split
 from ..devices import resolve_device
 from ..groundtruth import ranking_ceiling  # noqa: F401  (spos.ranking_ceiling, as before)
 from ..checkpoints import fingerprint, load_into, read_checkpoint, save, write_json
@@ -100,10 +100,11 @@ class SPOSConfig:
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, "
                              f"got {self.sampling!r}")
-        # the space decides the channel scales (in_space), the data the input channels
+        # the space decides the channel scales (in_space), the data the input and output sizes
         net = in_space(self.supernet, self.space)
         object.__setattr__(self, "supernet", replace(
-            net, in_channels=CHANNELS.get(self.dataset, net.in_channels)))
+            net, in_channels=CHANNELS.get(self.dataset, net.in_channels),
+            num_classes=CLASSES.get(self.dataset, net.num_classes)))
         for name in ("flops_limit", "params_limit"):  # before any training, not after it
             limit = getattr(self, name)
             if limit is not None and not 0 < limit < math.inf:  # NaN fails it too
