@@ -63,7 +63,6 @@ H200_SPOS_STEP_S = 0.0273
 TRAIN_SIZE = {"cifar10": 50_000, "fashion_mnist": 60_000}
 TEST_SIZE = 10_000
 EVAL_BATCH = 512  # evaluate()'s batch, and the search's per-epoch validation
-FITNESS_BATCH = 1024  # PathEvaluator's held-out batch
 
 UNITS = {
     "net_step": "00: a training step of the evaluation network (PC_DARTS cell)",
@@ -111,10 +110,11 @@ def work(preset: str = "gpu", dataset: str | None = None) -> dict:
     t = p.train
     child = c.train
     child_train = _train_images(c.dataset, c.train_images)
-    half = int(_train_images(s.dataset, s.train_images) * s.train_portion)
-    spe = _steps(min(half, _train_images(s.dataset, s.train_images) - half), s.batch_size)
+    n03 = _train_images(s.dataset, s.train_images)
+    half = int(n03 * s.train_portion)
+    spe = _steps(min(half, n03 - half), s.batch_size)  # the two halves step together
     spe = min(spe, s.steps_per_epoch or spe)
-    held = round(TRAIN_SIZE.get(o.dataset, 50_000) * o.valid_fraction)
+    held = round(_train_images(o.dataset, None) * o.valid_fraction)
     valid = min(held, o.valid_images or held)
     supernet = o.epochs * _steps(_train_images(o.dataset, o.train_images), o.batch_size)
     per_search = o.generations * o.population
@@ -182,9 +182,10 @@ def _data(dataset: str, size, n: int, device) -> ImageDataset:
     return load(dataset, train=True, size=size or 32, device=device, n=n)
 
 
-def runners(preset: str = "gpu", device="cpu", batch: int | None = None) -> dict:
-    """Unit -> ``run(n)``, which does ``n`` units through the library's own loops (plus a
-    fixed cost that the difference of two runs cancels, :func:`per_unit`). ``batch``
+def runners(preset: str = "gpu", device="cpu", batch: int | None = None) -> tuple:
+    """({unit: ``run(n)``}, {"child_cells": how many cells a child run trains}): ``run(n)``
+    does ``n`` units through the library's own loops (plus a fixed cost that the difference
+    of two runs cancels, :func:`per_unit`). ``batch``
     replaces every batch size (op counts do not depend on it; timings on the GPU use the
     preset's own)."""
     device = resolve_device(device)
